@@ -1,0 +1,12 @@
+//! lvmsync: send only the blocks of an LVM logical volume that changed since a snapshot.
+//!
+//! The pipeline is: a change source ([`source`]) produces an [`extent::ExtentList`] of changed
+//! byte ranges; the sender ([`send`]) reads those ranges from the data source with large reads
+//! and writes them as a change stream ([`stream`]); the receiver ([`apply`]) writes a stream onto
+//! a destination, optionally saving what it overwrites as a snapback stream.
+
+pub mod error;
+pub mod extent;
+pub mod source;
+
+pub use error::{Error, Result};

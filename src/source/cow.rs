@@ -1,0 +1,1 @@
+//! The dm-snapshot persistent exception store.

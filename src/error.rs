@@ -16,6 +16,8 @@ pub enum Error {
     #[error("{path}: {message}")]
     Cow { path: PathBuf, message: String },
     #[error(transparent)]
+    Stream(#[from] crate::stream::StreamError),
+    #[error(transparent)]
     Thin(#[from] crate::source::thin::ThinError),
     #[error("{0}")]
     Invalid(String),

@@ -8,5 +8,6 @@
 pub mod error;
 pub mod extent;
 pub mod source;
+pub mod stream;
 
 pub use error::{Error, Result};

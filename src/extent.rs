@@ -89,7 +89,11 @@ impl ExtentList {
 
     /// Builds a data list from chunk indices (any order, duplicates allowed) of `chunk_bytes`
     /// each, clamped to `limit` bytes (the last chunk of a volume may be partial).
-    pub fn from_chunks(chunks: impl IntoIterator<Item = u64>, chunk_bytes: u64, limit: u64) -> Self {
+    pub fn from_chunks(
+        chunks: impl IntoIterator<Item = u64>,
+        chunk_bytes: u64,
+        limit: u64,
+    ) -> Self {
         let mut chunks: Vec<u64> = chunks.into_iter().collect();
         chunks.sort_unstable();
         chunks.dedup();

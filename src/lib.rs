@@ -9,5 +9,6 @@ pub mod error;
 pub mod extent;
 pub mod source;
 pub mod stream;
+pub mod transport;
 
 pub use error::{Error, Result};

@@ -1,0 +1,556 @@
+//! Where a change stream goes: a local path, or `lvmsync --apply -` on another host run through a
+//! remote shell (ssh by default).
+//!
+//! The remote command line is built word by word. The remote shell command (`--rsh`) is split
+//! the way a shell would split it; every word given to the remote host is shell-quoted, because
+//! ssh joins its arguments with spaces and hands the result to the remote user's shell. A
+//! destination such as `/tmp/a b;touch /tmp/x` therefore arrives as one argument and runs nothing.
+
+use std::ffi::OsString;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// How long `finish` waits for the remote's output to drain once the remote shell has exited.
+/// The pipes normally reach EOF at once; they stay open only when some other process inherited
+/// them, e.g. an ssh ControlMaster started by this connection.
+const RELAY_DRAIN: Duration = Duration::from_secs(2);
+
+/// A destination argument, `[HOST:]PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Local(PathBuf),
+    /// `host` is what the remote shell gets (`user@host`, or an IPv6 address without brackets).
+    Remote {
+        host: String,
+        path: String,
+    },
+}
+
+/// Splits `[HOST:]PATH`.
+///
+/// - `host:/dev/x`, `user@host:/x` are remote;
+/// - `[::1]:/dev/x` and `user@[fe80::1]:/x` are remote, brackets removed for the remote shell;
+/// - a colon after a `/` belongs to a local path (`/dev/disk/by-path/pci-0000:00:1f.2`,
+///   `./a:b`), and a leading colon (`:x`) is not a host either.
+pub fn parse_destination(arg: &str) -> Destination {
+    let local = || Destination::Local(PathBuf::from(arg));
+    let Some(colon) = arg.find(':') else {
+        return local();
+    };
+    // `[v6]:path` or `user@[v6]:path`: the address itself contains colons.
+    let bracket_start = match arg.find('[') {
+        Some(i) if i < colon && !arg[..i].contains('/') => Some(i),
+        _ => None,
+    };
+    if let Some(open) = bracket_start {
+        let rest = &arg[open + 1..];
+        return match rest.find("]:") {
+            Some(close) if close > 0 => Destination::Remote {
+                host: format!("{}{}", &arg[..open], &rest[..close]),
+                path: rest[close + 2..].to_string(),
+            },
+            _ => local(),
+        };
+    }
+    let host = &arg[..colon];
+    if host.is_empty() || host.contains('/') {
+        return local();
+    }
+    Destination::Remote {
+        host: host.to_string(),
+        path: arg[colon + 1..].to_string(),
+    }
+}
+
+/// Options of the remote receiver.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// Remote shell command, split like a shell would (`ssh -p 2222 -o "ProxyCommand x y"`).
+    pub rsh: String,
+    /// The receiver's command on the remote host. Split like `rsh`, so `sudo lvmsync` works;
+    /// each of its words is quoted for the remote shell.
+    pub remote_path: String,
+    pub snapback: Option<String>,
+    pub force: bool,
+    pub verbose: bool,
+    pub quiet: bool,
+    pub debug: bool,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            rsh: "ssh".to_string(),
+            remote_path: "lvmsync".to_string(),
+            snapback: None,
+            force: false,
+            verbose: false,
+            quiet: false,
+            debug: false,
+        }
+    }
+}
+
+/// The words of the receiver's command line, unquoted.
+fn remote_words(dest: &str, opts: &RemoteOptions) -> Result<Vec<String>, Error> {
+    let mut words = shlex::split(&opts.remote_path)
+        .filter(|w| !w.is_empty())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "--remote-path {:?}: unbalanced quotes or empty",
+                opts.remote_path
+            ))
+        })?;
+    words.extend(["--apply".to_string(), "-".to_string()]);
+    if let Some(snapback) = &opts.snapback {
+        words.extend(["--snapback".to_string(), snapback.clone()]);
+    }
+    for (set, flag) in [
+        (opts.force, "--force"),
+        (opts.verbose, "-v"),
+        (opts.quiet, "-q"),
+        (opts.debug, "-d"),
+    ] {
+        if set {
+            words.push(flag.to_string());
+        }
+    }
+    if dest.is_empty() {
+        return Err(Error::Invalid("no remote destination path given".into()));
+    }
+    if dest.starts_with('-') {
+        return Err(Error::Invalid(format!(
+            "remote destination {dest:?} starts with '-'; give a path such as ./{dest}"
+        )));
+    }
+    words.push(dest.to_string());
+    Ok(words)
+}
+
+/// The full local command: the remote shell's words, the host, then the quoted remote words.
+pub fn remote_command(
+    host: &str,
+    dest: &str,
+    opts: &RemoteOptions,
+) -> Result<Vec<OsString>, Error> {
+    let rsh = shlex::split(&opts.rsh)
+        .filter(|w| !w.is_empty())
+        .ok_or_else(|| {
+            Error::Invalid(format!("--rsh {:?}: unbalanced quotes or empty", opts.rsh))
+        })?;
+    // A host such as `-oProxyCommand=...` would be read as an option by ssh.
+    if host.is_empty() || host.starts_with('-') {
+        return Err(Error::Invalid(format!("invalid remote host {host:?}")));
+    }
+    let mut argv: Vec<OsString> = rsh.into_iter().map(OsString::from).collect();
+    argv.push(host.into());
+    for word in remote_words(dest, opts)? {
+        let quoted = shlex::try_quote(&word)
+            .map_err(|_| Error::Invalid(format!("remote argument {word:?} contains a NUL byte")))?;
+        argv.push(quoted.into_owned().into());
+    }
+    Ok(argv)
+}
+
+/// A running remote receiver. Write the stream to [`RemoteApply::input`], then call
+/// [`RemoteApply::finish`]. Dropping it without `finish` kills the remote shell.
+pub struct RemoteApply {
+    host: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// One message per relay thread when its pipe reaches EOF.
+    relays_done: mpsc::Receiver<()>,
+    relays: usize,
+    finished: bool,
+}
+
+impl RemoteApply {
+    /// Starts `RSH... HOST REMOTE_PATH --apply - [--snapback F] [--force] [-v] [-q] [-d] DEST`.
+    /// The receiver's stdout and stderr are copied line by line to our stderr as `remote: ...`.
+    pub fn spawn(host: &str, dest: &str, opts: &RemoteOptions) -> Result<Self, Error> {
+        let argv = remote_command(host, dest, opts)?;
+        let program = argv[0].clone();
+        let mut child = Command::new(&program)
+            .args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                Error::io(
+                    format!("cannot run remote shell {}", program.to_string_lossy()),
+                    e,
+                )
+            })?;
+        let stdin = child.stdin.take();
+        let (done_tx, relays_done) = mpsc::channel();
+        let mut relays = 0;
+        if let Some(out) = child.stdout.take() {
+            spawn_relay(out, done_tx.clone())?;
+            relays += 1;
+        }
+        if let Some(err) = child.stderr.take() {
+            spawn_relay(err, done_tx)?;
+            relays += 1;
+        }
+        Ok(RemoteApply {
+            host: host.to_string(),
+            child,
+            stdin,
+            relays_done,
+            relays,
+            finished: false,
+        })
+    }
+
+    /// Where the stream goes. A write error here (EPIPE) usually means the remote side died:
+    /// call [`RemoteApply::finish`] for the reason.
+    pub fn input(&mut self) -> &mut ChildStdin {
+        self.stdin
+            .as_mut()
+            .expect("the remote's stdin is open until finish")
+    }
+
+    /// Closes the stream, waits for the remote shell and its output, and reports its status.
+    pub fn finish(mut self) -> Result<(), Error> {
+        self.finished = true;
+        drop(self.stdin.take());
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::io(format!("waiting for the remote apply on {}", self.host), e))?;
+        // Let the remote's last words reach our stderr, but never wait forever: a process that
+        // inherited the pipes (an ssh ControlMaster) may keep them open long after.
+        let deadline = std::time::Instant::now() + RELAY_DRAIN;
+        for _ in 0..self.relays {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if self.relays_done.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+        check_status(&self.host, status)
+    }
+}
+
+impl Drop for RemoteApply {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Abandoned (an error on our side): do not let the remote apply a stream that
+            // merely stopped; kill the remote shell and reap it.
+            drop(self.stdin.take());
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn check_status(host: &str, status: ExitStatus) -> Result<(), Error> {
+    use std::os::unix::process::ExitStatusExt;
+    if status.success() {
+        return Ok(());
+    }
+    let why = match (status.code(), status.signal()) {
+        (Some(127), _) => {
+            "exit status 127: command not found; check --remote-path and the remote PATH"
+                .to_string()
+        }
+        (Some(255), _) => "exit status 255: the remote shell reported an error".to_string(),
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, None) => "unknown status".to_string(),
+    };
+    Err(Error::Invalid(format!(
+        "remote apply on {host} failed ({why})"
+    )))
+}
+
+/// Copies `pipe` to our stderr line by line with a `remote: ` prefix, then reports EOF on `done`.
+fn spawn_relay<R: Read + Send + 'static>(pipe: R, done: mpsc::Sender<()>) -> Result<(), Error> {
+    thread::Builder::new()
+        .name("remote-relay".into())
+        .spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if !line.ends_with(b"\n") {
+                            line.push(b'\n');
+                        }
+                        let mut err = io::stderr().lock();
+                        let _ = err.write_all(b"remote: ");
+                        let _ = err.write_all(&line);
+                    }
+                }
+            }
+            let _ = done.send(());
+        })
+        .map_err(|e| Error::io("starting the remote output relay", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn remote(host: &str, path: &str) -> Destination {
+        Destination::Remote {
+            host: host.into(),
+            path: path.into(),
+        }
+    }
+    fn local(path: &str) -> Destination {
+        Destination::Local(PathBuf::from(path))
+    }
+
+    #[test]
+    fn destinations() {
+        let table = [
+            ("host:/dev/x", remote("host", "/dev/x")),
+            ("user@host:/x", remote("user@host", "/x")),
+            ("[::1]:/dev/x", remote("::1", "/dev/x")),
+            (
+                "root@[fe80::1%eth0]:/dev/vg/lv",
+                remote("root@fe80::1%eth0", "/dev/vg/lv"),
+            ),
+            (
+                "host.example.org:relative/file",
+                remote("host.example.org", "relative/file"),
+            ),
+            (
+                "h:/dev/disk/by-path/pci-0000:00:1f.2",
+                remote("h", "/dev/disk/by-path/pci-0000:00:1f.2"),
+            ),
+            ("/dev/vg/lv", local("/dev/vg/lv")),
+            (
+                "/dev/disk/by-path/pci-0000:00:1f.2",
+                local("/dev/disk/by-path/pci-0000:00:1f.2"),
+            ),
+            ("./a:b", local("./a:b")),
+            ("dir/a:b", local("dir/a:b")),
+            (":x", local(":x")),
+            ("plainfile", local("plainfile")),
+            ("[::1]", local("[::1]")),
+            ("/x/[::1]:/y", local("/x/[::1]:/y")),
+        ];
+        for (arg, want) in table {
+            assert_eq!(parse_destination(arg), want, "{arg}");
+        }
+    }
+
+    fn opts(rsh: &str, remote_path: &str) -> RemoteOptions {
+        RemoteOptions {
+            rsh: rsh.into(),
+            remote_path: remote_path.into(),
+            ..RemoteOptions::default()
+        }
+    }
+
+    #[test]
+    fn rsh_is_split_like_a_shell() {
+        let argv = remote_command(
+            "h",
+            "/dev/x",
+            &opts(r#"ssh -p 2222 -o "ProxyCommand x y""#, "lvmsync"),
+        )
+        .unwrap();
+        let argv: Vec<_> = argv.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            argv,
+            [
+                "ssh",
+                "-p",
+                "2222",
+                "-o",
+                "ProxyCommand x y",
+                "h",
+                "lvmsync",
+                "--apply",
+                "-",
+                "/dev/x"
+            ]
+        );
+    }
+
+    #[test]
+    fn options_are_forwarded_in_order() {
+        let o = RemoteOptions {
+            snapback: Some("/sb/my file".into()),
+            force: true,
+            verbose: true,
+            quiet: false,
+            debug: true,
+            ..opts("ssh", "/usr/local/bin/lvmsync")
+        };
+        let argv = remote_command("h", "/dev/vg/lv", &o).unwrap();
+        let argv: Vec<_> = argv.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            argv,
+            [
+                "ssh",
+                "h",
+                "/usr/local/bin/lvmsync",
+                "--apply",
+                "-",
+                "--snapback",
+                "'/sb/my file'",
+                "--force",
+                "-v",
+                "-d",
+                "/dev/vg/lv"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        let o = opts("ssh", "lvmsync");
+        assert!(remote_command("-oProxyCommand=x", "/d", &o).is_err());
+        assert!(remote_command("", "/d", &o).is_err());
+        assert!(remote_command("h", "", &o).is_err());
+        assert!(remote_command("h", "-rf", &o).is_err());
+        assert!(remote_command("h", "/a\0b", &o).is_err());
+        assert!(remote_command("h", "/d", &opts("ssh 'unclosed", "lvmsync")).is_err());
+        assert!(remote_command("h", "/d", &opts("", "lvmsync")).is_err());
+        assert!(remote_command("h", "/d", &opts("ssh", "  ")).is_err());
+    }
+
+    /// A stand-in for ssh: drops the host, joins the rest with spaces and runs it with `sh -c`,
+    /// exactly what sshd does with the words it receives.
+    const FAKE_SSH: &str = r#"sh -c 'shift; exec sh -c "$*"' fake-ssh"#;
+
+    fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn remote_words_arrive_intact_and_run_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = dir.path().join("args");
+        let input = dir.path().join("input");
+        let pwned = dir.path().join("pwned");
+        let recv = write_script(
+            dir.path(),
+            "recv dir$x",
+            &format!(
+                "printf '%s\\n' \"$@\" > '{}'; cat > '{}'",
+                args.display(),
+                input.display()
+            ),
+        );
+        let dest = format!(
+            "/tmp/a b;touch {} `touch {}` $(touch {})",
+            pwned.display(),
+            pwned.display(),
+            pwned.display()
+        );
+        let o = RemoteOptions {
+            snapback: Some("x'y\"z".into()),
+            ..opts(FAKE_SSH, &shlex::try_quote(recv.to_str().unwrap()).unwrap())
+        };
+        let mut apply = RemoteApply::spawn("somehost", &dest, &o).unwrap();
+        apply.input().write_all(b"stream bytes").unwrap();
+        apply.finish().unwrap();
+        let got = std::fs::read_to_string(&args).unwrap();
+        let got: Vec<&str> = got.lines().collect();
+        assert_eq!(got, ["--apply", "-", "--snapback", "x'y\"z", dest.as_str()]);
+        assert_eq!(std::fs::read(&input).unwrap(), b"stream bytes");
+        assert!(!pwned.exists());
+    }
+
+    #[test]
+    fn remote_failure_is_reported_even_after_a_broken_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let recv = write_script(
+            dir.path(),
+            "recv",
+            "echo 'cannot open destination' >&2; exit 3",
+        );
+        let mut apply =
+            RemoteApply::spawn("h1", "/dev/x", &opts(FAKE_SSH, recv.to_str().unwrap())).unwrap();
+        let chunk = vec![0u8; 1 << 16];
+        let mut write_error = None;
+        for _ in 0..1024 {
+            if let Err(e) = apply.input().write_all(&chunk) {
+                write_error = Some(e);
+                break;
+            }
+        }
+        assert_eq!(
+            write_error
+                .expect("the receiver exited; writes must fail")
+                .kind(),
+            io::ErrorKind::BrokenPipe
+        );
+        let err = apply.finish().unwrap_err().to_string();
+        assert_eq!(err, "remote apply on h1 failed (exit status 3)");
+    }
+
+    #[test]
+    fn missing_remote_binary_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-lvmsync");
+        let apply =
+            RemoteApply::spawn("h", "/dev/x", &opts(FAKE_SSH, missing.to_str().unwrap())).unwrap();
+        let err = apply.finish().unwrap_err().to_string();
+        assert!(
+            err.contains("exit status 127") && err.contains("--remote-path"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_remote_shell_is_an_error() {
+        let err = RemoteApply::spawn("h", "/d", &opts("/nonexistent/ssh", "lvmsync"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("cannot run remote shell /nonexistent/ssh"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn finish_does_not_wait_for_a_process_that_inherited_the_output() {
+        // Like an ssh ControlMaster: a background process keeps the stderr pipe open after the
+        // remote shell exited successfully.
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let recv = write_script(
+            dir.path(),
+            "recv",
+            &format!(
+                "cat > /dev/null; sleep 600 & echo $! > '{}'",
+                pidfile.display()
+            ),
+        );
+        let apply =
+            RemoteApply::spawn("h", "/dev/x", &opts(FAKE_SSH, recv.to_str().unwrap())).unwrap();
+        let result = apply.finish();
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let _ = Command::new("kill").arg(pid.trim()).status();
+        result.unwrap();
+    }
+
+    #[test]
+    fn signal_death_is_reported() {
+        let apply =
+            RemoteApply::spawn("h", "/d", &opts("sh -c 'kill -9 $$' rsh", "lvmsync")).unwrap();
+        let err = apply.finish().unwrap_err().to_string();
+        assert_eq!(err, "remote apply on h failed (killed by signal 9)");
+    }
+}

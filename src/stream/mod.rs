@@ -14,7 +14,10 @@
 //!   verified end: for format 4 after a valid end record followed by EOF, for format 3 at EOF on
 //!   a record boundary. Anything else (truncation, bad checksum, trailing bytes) is an error.
 
-use std::io::{Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+
+pub mod v3;
+pub mod v4;
 
 /// The largest data payload lvmsync puts in one record. Readers accept records up to
 /// [`MAX_RECORD_ACCEPTED`] (other writers may use larger ones).
@@ -78,45 +81,563 @@ pub enum StreamError {
     Corrupt(String),
     #[error("{0}")]
     Unsupported(String),
+    /// The caller asked the writer for something the format forbids (records out of order,
+    /// outside the source, offsets that overflow).
+    #[error("invalid record: {0}")]
+    Invalid(String),
 }
 
+/// Write buffer: small records are gathered, records at least this large go straight through.
+const WRITE_BUFFER: usize = 1 << 20;
+/// Read buffer: headers and small records come from memory, large payloads are read directly.
+const READ_BUFFER: usize = 256 << 10;
+/// The longest first line looked at before calling the handshake bad.
+const MAX_HANDSHAKE: usize = 64;
+
+/// Records encoded off the writing thread by a [`RecordEncoder`], ready for
+/// [`StreamWriter::write_encoded`]. Reuse one (see [`EncodedRecords::clear`]) to avoid
+/// allocating per batch.
+#[derive(Debug, Default)]
+pub struct EncodedRecords {
+    format: Option<Format>,
+    compressed: bool,
+    wire: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    kind: u8,
+    offset: u64,
+    len: u64,
+    /// End of this record's bytes in `wire`. Format 3 zero ranges have none: the writer
+    /// writes their zero-filled data records itself.
+    wire_end: usize,
+    /// Per-record digest (format 4).
+    digest: [u8; 32],
+}
+
+impl EncodedRecords {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Empties the batch, keeping its memory.
+    pub fn clear(&mut self) {
+        self.format = None;
+        self.compressed = false;
+        self.wire.clear();
+        self.entries.clear();
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    /// Encoded bytes held (format 3 zero ranges are expanded only when written).
+    pub fn wire_len(&self) -> usize {
+        self.wire.len()
+    }
+
+    fn bind(&mut self, format: Format) -> Result<(), StreamError> {
+        match self.format {
+            None => {
+                self.format = Some(format);
+                Ok(())
+            }
+            Some(f) if f == format => Ok(()),
+            Some(f) => Err(StreamError::Invalid(format!(
+                "batch holds format {f:?} records, cannot add format {format:?} records"
+            ))),
+        }
+    }
+}
+
+/// Encodes records (splitting, zstd compression, checksums, digests) without touching the
+/// sink, so that several threads can encode while one thread writes the results in order with
+/// [`StreamWriter::write_encoded`]. One encoder per thread; it reuses its zstd context.
+pub struct RecordEncoder {
+    format: Format,
+    level: Option<i32>,
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl RecordEncoder {
+    pub fn new(opts: &WriterOptions) -> Result<Self, StreamError> {
+        if opts.format == Format::V3 && opts.compress.is_some() {
+            return Err(StreamError::Unsupported(
+                "format 3 streams cannot be compressed (use format 4)".into(),
+            ));
+        }
+        Ok(RecordEncoder {
+            format: opts.format,
+            level: opts.compress,
+            compressor: None,
+        })
+    }
+
+    /// Appends data records for `data` at byte `offset` to `out`, split into records of at most
+    /// [`MAX_RECORD_DATA`] bytes. Empty data appends nothing.
+    pub fn data(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        out: &mut EncodedRecords,
+    ) -> Result<(), StreamError> {
+        check_range(offset, data.len() as u64)?;
+        out.bind(self.format)?;
+        for (i, piece) in data.chunks(MAX_RECORD_DATA).enumerate() {
+            let offset = offset + (i * MAX_RECORD_DATA) as u64;
+            let start = out.wire.len();
+            let mut digest = [0u8; 32];
+            match self.format {
+                Format::V3 => {
+                    out.wire
+                        .extend_from_slice(&v3::record_header(offset, piece.len() as u32));
+                    out.wire.extend_from_slice(piece);
+                }
+                Format::V4 => {
+                    digest = v4::data_digest(offset, piece);
+                    let body = start + v4::RECORD_HEADER_LEN;
+                    out.wire.resize(body, 0);
+                    let mut flags = 0;
+                    if let Some(level) = self.level {
+                        if self.compressor.is_none() {
+                            self.compressor = Some(zstd::bulk::Compressor::new(level)?);
+                        }
+                        let cctx = self.compressor.as_mut().unwrap();
+                        out.wire
+                            .reserve(zstd::zstd_safe::compress_bound(piece.len()));
+                        // The cursor makes zstd write after the record header.
+                        let mut cursor = io::Cursor::new(&mut out.wire);
+                        cursor.set_position(body as u64);
+                        let packed = cctx.compress_to_buffer(piece, &mut cursor)?;
+                        if packed < piece.len() {
+                            flags = v4::RECORD_FLAG_ZSTD;
+                            out.compressed = true;
+                        } else {
+                            out.wire.truncate(body);
+                        }
+                    }
+                    if flags == 0 {
+                        out.wire.extend_from_slice(piece);
+                    }
+                    let header = v4::record_header(
+                        v4::TYPE_DATA,
+                        flags,
+                        offset,
+                        piece.len() as u64,
+                        &out.wire[body..],
+                    );
+                    out.wire[start..body].copy_from_slice(&header);
+                }
+            }
+            out.entries.push(Entry {
+                kind: v4::TYPE_DATA,
+                offset,
+                len: piece.len() as u64,
+                wire_end: out.wire.len(),
+                digest,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends a zero range to `out` (format 4: one zero record; format 3: data records full
+    /// of zeros, expanded when written). An empty range appends nothing.
+    pub fn zero(
+        &mut self,
+        offset: u64,
+        len: u64,
+        out: &mut EncodedRecords,
+    ) -> Result<(), StreamError> {
+        check_range(offset, len)?;
+        out.bind(self.format)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let mut digest = [0u8; 32];
+        if self.format == Format::V4 {
+            out.wire
+                .extend_from_slice(&v4::record_header(v4::TYPE_ZERO, 0, offset, len, &[]));
+            digest = v4::zero_digest(offset, len);
+        }
+        out.entries.push(Entry {
+            kind: v4::TYPE_ZERO,
+            offset,
+            len,
+            wire_end: out.wire.len(),
+            digest,
+        });
+        Ok(())
+    }
+}
+
+fn check_range(offset: u64, len: u64) -> Result<(), StreamError> {
+    match offset.checked_add(len) {
+        Some(_) => Ok(()),
+        None => Err(StreamError::Invalid(format!(
+            "range at offset {offset} of {len} bytes overflows"
+        ))),
+    }
+}
+
+/// Writes a change stream. Records are buffered; [`StreamWriter::finish`] must be called to
+/// end a format 4 stream (without it the stream has no end record and readers refuse it).
 pub struct StreamWriter<W: Write> {
-    _sink: W,
+    sink: BufWriter<W>,
+    format: Format,
+    source_bytes: u64,
+    compressed: bool,
+    encoder: RecordEncoder,
+    scratch: EncodedRecords,
+    totals: StreamTotals,
+    /// Format 4: the next record must start at or after this offset.
+    next_min: u64,
+    /// Format 4: stream digest over the per-record digests.
+    digest: blake3::Hasher,
+    /// Format 3: zeros for zero ranges, allocated on first use.
+    zeros: Vec<u8>,
 }
 
 impl<W: Write> StreamWriter<W> {
-    pub fn new(_sink: W, _opts: &WriterOptions) -> Result<Self, StreamError> {
-        todo!()
+    /// Writes the first line (and for format 4 the header).
+    pub fn new(sink: W, opts: &WriterOptions) -> Result<Self, StreamError> {
+        let encoder = RecordEncoder::new(opts)?;
+        let mut sink = BufWriter::with_capacity(WRITE_BUFFER, sink);
+        let mut totals = StreamTotals::default();
+        match opts.format {
+            Format::V3 => {
+                sink.write_all(v3::HANDSHAKE)?;
+                totals.wire_bytes = v3::HANDSHAKE.len() as u64;
+            }
+            Format::V4 => {
+                sink.write_all(v4::HANDSHAKE)?;
+                let header =
+                    v4::encode_header(opts.source_bytes, opts.chunk_bytes, opts.compress.is_some());
+                sink.write_all(&header)?;
+                totals.wire_bytes = (v4::HANDSHAKE.len() + header.len()) as u64;
+            }
+        }
+        Ok(StreamWriter {
+            sink,
+            format: opts.format,
+            source_bytes: opts.source_bytes,
+            compressed: opts.compress.is_some(),
+            encoder,
+            scratch: EncodedRecords::new(),
+            totals,
+            next_min: 0,
+            digest: blake3::Hasher::new(),
+            zeros: Vec::new(),
+        })
     }
-    pub fn data(&mut self, _offset: u64, _data: &[u8]) -> Result<(), StreamError> {
-        todo!()
+
+    /// A new encoder with this stream's format and compression, for another thread.
+    pub fn encoder(&self) -> RecordEncoder {
+        RecordEncoder {
+            format: self.format,
+            level: self.encoder.level,
+            compressor: None,
+        }
     }
-    pub fn zero(&mut self, _offset: u64, _len: u64) -> Result<(), StreamError> {
-        todo!()
+
+    /// Appends `data` at byte `offset` (split into records of at most [`MAX_RECORD_DATA`]).
+    pub fn data(&mut self, offset: u64, data: &[u8]) -> Result<(), StreamError> {
+        let mut batch = std::mem::take(&mut self.scratch);
+        batch.clear();
+        let result = self
+            .encoder
+            .data(offset, data, &mut batch)
+            .and_then(|()| self.write_encoded(&batch));
+        self.scratch = batch;
+        result
     }
+
+    /// Appends a zero range.
+    pub fn zero(&mut self, offset: u64, len: u64) -> Result<(), StreamError> {
+        let mut batch = std::mem::take(&mut self.scratch);
+        batch.clear();
+        let result = self
+            .encoder
+            .zero(offset, len, &mut batch)
+            .and_then(|()| self.write_encoded(&batch));
+        self.scratch = batch;
+        result
+    }
+
+    /// Writes records encoded by a [`RecordEncoder`] of this stream's format. Format 4 checks
+    /// that they continue the stream in increasing, disjoint order inside the source size;
+    /// nothing is written if they do not.
+    pub fn write_encoded(&mut self, batch: &EncodedRecords) -> Result<(), StreamError> {
+        if batch.entries.is_empty() {
+            return Ok(());
+        }
+        if batch.format != Some(self.format) {
+            return Err(StreamError::Invalid(format!(
+                "records encoded for format {:?} given to a format {:?} stream",
+                batch.format, self.format
+            )));
+        }
+        if batch.compressed && !self.compressed {
+            return Err(StreamError::Invalid(
+                "compressed records given to a stream whose header does not allow compression"
+                    .into(),
+            ));
+        }
+        match self.format {
+            Format::V4 => {
+                let mut next_min = self.next_min;
+                for e in &batch.entries {
+                    let end = e.offset + e.len; // checked by the encoder
+                    if e.offset < next_min {
+                        return Err(StreamError::Invalid(format!(
+                            "record at offset {} is before the end {next_min} of the previous one (format 4 records must be increasing and disjoint)",
+                            e.offset
+                        )));
+                    }
+                    if end > self.source_bytes {
+                        return Err(StreamError::Invalid(format!(
+                            "record {}+{} ends past the source size {}",
+                            e.offset, e.len, self.source_bytes
+                        )));
+                    }
+                    next_min = end;
+                }
+                self.sink.write_all(&batch.wire)?;
+                self.next_min = next_min;
+                for e in &batch.entries {
+                    self.digest.update(&e.digest);
+                    self.count(e, 1);
+                }
+                self.totals.wire_bytes += batch.wire.len() as u64;
+            }
+            Format::V3 => {
+                let mut written = 0;
+                for e in &batch.entries {
+                    if e.kind == v4::TYPE_ZERO {
+                        self.sink.write_all(&batch.wire[written..e.wire_end])?;
+                        self.totals.wire_bytes += (e.wire_end - written) as u64;
+                        written = e.wire_end;
+                        self.write_v3_zeros(e.offset, e.len)?;
+                    } else {
+                        self.count(e, 1);
+                    }
+                }
+                self.sink.write_all(&batch.wire[written..])?;
+                self.totals.wire_bytes += (batch.wire.len() - written) as u64;
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, e: &Entry, records: u64) {
+        self.totals.records += records;
+        if e.kind == v4::TYPE_ZERO && self.format == Format::V4 {
+            self.totals.zero_bytes += e.len;
+        } else {
+            self.totals.data_bytes += e.len;
+        }
+    }
+
+    /// Format 3 has no zero record: write data records full of zeros.
+    fn write_v3_zeros(&mut self, offset: u64, len: u64) -> Result<(), StreamError> {
+        let piece_max = (len.min(MAX_RECORD_DATA as u64)) as usize;
+        if self.zeros.len() < piece_max {
+            self.zeros.resize(piece_max, 0);
+        }
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(MAX_RECORD_DATA as u64) as usize;
+            self.sink
+                .write_all(&v3::record_header(offset + done, n as u32))?;
+            self.sink.write_all(&self.zeros[..n])?;
+            self.totals.wire_bytes += (v3::RECORD_HEADER_LEN + n) as u64;
+            self.totals.records += 1;
+            self.totals.data_bytes += n as u64;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
     pub fn totals(&self) -> StreamTotals {
-        todo!()
+        self.totals
     }
-    pub fn finish(self) -> Result<(W, StreamTotals), StreamError> {
-        todo!()
+
+    /// Writes the end record (format 4), flushes, and returns the sink with the totals.
+    pub fn finish(mut self) -> Result<(W, StreamTotals), StreamError> {
+        if self.format == Format::V4 {
+            let digest = std::mem::take(&mut self.digest).finalize();
+            let end = v4::end_record(&self.totals, digest.as_bytes());
+            self.sink.write_all(&end)?;
+            self.totals.wire_bytes += end.len() as u64;
+        }
+        let sink = self.sink.into_inner().map_err(|e| e.into_error())?;
+        Ok((sink, self.totals))
     }
 }
 
+/// The reading side: a buffered source and the count of bytes consumed.
+pub(crate) struct Input<R: Read> {
+    src: BufReader<R>,
+    /// Stream bytes consumed so far.
+    pos: u64,
+}
+
+impl<R: Read> Input<R> {
+    /// Reads until `buf` is full or EOF; returns the bytes read.
+    fn read_full(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.src.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.pos += n as u64;
+                    return Err(e);
+                }
+            }
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn truncated(&self, record_start: u64) -> StreamError {
+        StreamError::Corrupt(format!(
+            "stream ends inside a record at byte {} (the record starts at byte {record_start})",
+            self.pos
+        ))
+    }
+
+    /// Reads the first line, up to and including its `\n` (at most [`MAX_HANDSHAKE`] bytes).
+    fn read_line(&mut self) -> io::Result<Vec<u8>> {
+        let mut line = Vec::with_capacity(32);
+        let mut byte = [0u8; 1];
+        while line.len() < MAX_HANDSHAKE && self.read_full(&mut byte)? == 1 {
+            line.push(byte[0]);
+            if byte[0] == b'\n' {
+                break;
+            }
+        }
+        Ok(line)
+    }
+}
+
+enum ReadState {
+    V3 { done: bool },
+    V4(Box<v4::ReadState>),
+}
+
+/// Reads a change stream of either format (told apart by the first line), verifying as it goes.
 pub struct StreamReader<R: Read> {
-    _source: R,
+    input: Input<R>,
+    info: StreamInfo,
+    totals: StreamTotals,
+    /// Payload buffer, reused by every record.
+    buf: Vec<u8>,
+    state: ReadState,
 }
 
 impl<R: Read> StreamReader<R> {
-    pub fn open(_source: R) -> Result<Self, StreamError> {
-        todo!()
+    /// Reads and checks the first line and (format 4) the header.
+    pub fn open(source: R) -> Result<Self, StreamError> {
+        let mut input = Input {
+            src: BufReader::with_capacity(READ_BUFFER, source),
+            pos: 0,
+        };
+        let line = input.read_line()?;
+        let info = if line == v3::HANDSHAKE || line == b"lvmsync PROTO[3]\r\n" {
+            StreamInfo {
+                format: Format::V3,
+                source_bytes: None,
+                chunk_bytes: None,
+                compressed: false,
+            }
+        } else if line == v4::HANDSHAKE {
+            let at = input.pos;
+            let mut header = [0u8; v4::HEADER_LEN];
+            if input.read_full(&mut header)? < v4::HEADER_LEN {
+                return Err(StreamError::Corrupt(format!(
+                    "stream ends inside the format 4 header at byte {} (the header starts at byte {at})",
+                    input.pos
+                )));
+            }
+            v4::decode_header(&header, at)?
+        } else if line.is_empty() {
+            return Err(StreamError::Corrupt(
+                "empty stream: no handshake line (expected 'lvmsync PROTO[3]' or 'lvmsync PROTO[4]')"
+                    .into(),
+            ));
+        } else {
+            let seen = line.strip_suffix(b"\n").unwrap_or(&line).escape_ascii();
+            let msg = format!(
+                "handshake failed; protocol mismatch? (saw '{seen}', expected 'lvmsync PROTO[3]' or 'lvmsync PROTO[4]')"
+            );
+            return Err(if line.starts_with(b"lvmsync PROTO[") {
+                StreamError::Unsupported(msg)
+            } else {
+                StreamError::Corrupt(msg)
+            });
+        };
+        let state = match info.format {
+            Format::V3 => ReadState::V3 { done: false },
+            Format::V4 => ReadState::V4(Box::new(v4::ReadState::new(&info))),
+        };
+        let totals = StreamTotals {
+            wire_bytes: input.pos,
+            ..StreamTotals::default()
+        };
+        Ok(StreamReader {
+            input,
+            info,
+            totals,
+            buf: Vec::new(),
+            state,
+        })
     }
+
     pub fn info(&self) -> &StreamInfo {
-        todo!()
+        &self.info
     }
+
+    /// The next record, or `None` at the verified end of the stream (and on every later call).
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>, StreamError> {
-        todo!()
+        match &mut self.state {
+            ReadState::V3 { done } => {
+                if *done {
+                    return Ok(None);
+                }
+                match v3::read_record(&mut self.input, &mut self.buf, &mut self.totals)? {
+                    None => {
+                        *done = true;
+                        Ok(None)
+                    }
+                    Some((offset, len)) => Ok(Some(Record::Data {
+                        offset,
+                        data: &self.buf[..len],
+                    })),
+                }
+            }
+            ReadState::V4(state) => {
+                match state.read_record(&mut self.input, &mut self.buf, &mut self.totals)? {
+                    v4::Found::End => Ok(None),
+                    v4::Found::Zero { offset, len } => Ok(Some(Record::Zero { offset, len })),
+                    v4::Found::Data {
+                        offset,
+                        len,
+                        unpacked,
+                    } => {
+                        let data = if unpacked {
+                            &state.unpacked[..len]
+                        } else {
+                            &self.buf[..len]
+                        };
+                        Ok(Some(Record::Data { offset, data }))
+                    }
+                }
+            }
+        }
     }
+
     pub fn totals(&self) -> StreamTotals {
-        todo!()
+        self.totals
     }
 }

@@ -1,0 +1,408 @@
+//! Format 4: `lvmsync PROTO[4]`, the native stream with checksums, zero records, optional zstd
+//! compression and a verified end. The full byte layout is in docs/stream-format.md.
+//!
+//! ```text
+//! line    "lvmsync PROTO[4]\n"                       17 bytes (an old receiver refuses it)
+//! header  36 bytes, all integers big-endian:
+//!          0  8  magic "LVMSYNC4"
+//!          8  4  version = 1
+//!         12  4  flags: bit 0 = records may be zstd-compressed; other bits must be 0
+//!         16  8  source size in bytes
+//!         24  8  chunk size in bytes
+//!         32  4  crc32c of header bytes 0..32
+//! record  28-byte header, then payload_len bytes of payload:
+//!          0  1  type: 'D' data, 'Z' zero range, 'E' end
+//!          1  1  flags: bit 0 = payload is one zstd frame (data records only)
+//!          2  2  reserved = 0
+//!          4  4  payload_len
+//!          8  8  offset (byte offset in the volume; 0 for 'E')
+//!         16  8  len (volume bytes covered, uncompressed; 0 for 'E')
+//!         24  4  crc32c of record header bytes 0..24 followed by the payload
+//! 'D'     payload = len bytes of data (raw) or a zstd frame that decompresses to len bytes
+//! 'Z'     no payload; the range [offset, offset+len) is zeros
+//! 'E'     64-byte payload: records u64, data bytes u64, zero bytes u64, stream bytes before
+//!         the end record u64, BLAKE3 stream digest [32]
+//! ```
+//!
+//! Data and zero records are strictly increasing and disjoint (`offset >= previous offset+len`),
+//! non-empty, and lie inside the source size. The stream digest is BLAKE3 over the
+//! concatenation, in stream order, of one 32-byte digest per data or zero record:
+//! `BLAKE3(type ‖ offset u64 BE ‖ len u64 BE ‖ uncompressed data)` (no data for zero records).
+//! Per-record digests let encoders hash in parallel threads while the stream digest still
+//! fixes the order. Nothing may follow the end record.
+
+use super::{Input, StreamError, StreamInfo, StreamTotals, MAX_RECORD_ACCEPTED};
+use crate::stream::Format;
+
+/// The first line of a format 4 stream.
+pub const HANDSHAKE: &[u8] = b"lvmsync PROTO[4]\n";
+pub const MAGIC: [u8; 8] = *b"LVMSYNC4";
+/// Revision of the format 4 layout; readers refuse any other.
+pub const VERSION: u32 = 1;
+/// Header flag: records may carry zstd-compressed payloads.
+pub const HEADER_FLAG_ZSTD: u32 = 1;
+pub const HEADER_LEN: usize = 36;
+
+pub const RECORD_HEADER_LEN: usize = 28;
+pub const TYPE_DATA: u8 = b'D';
+pub const TYPE_ZERO: u8 = b'Z';
+pub const TYPE_END: u8 = b'E';
+/// Record flag: the payload is a zstd frame.
+pub const RECORD_FLAG_ZSTD: u8 = 1;
+pub const END_PAYLOAD_LEN: usize = 64;
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes(b[..4].try_into().unwrap())
+}
+fn be_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().unwrap())
+}
+
+/// Encodes the header that follows the first line.
+pub fn encode_header(source_bytes: u64, chunk_bytes: u64, compressed: bool) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_be_bytes());
+    let flags = if compressed { HEADER_FLAG_ZSTD } else { 0 };
+    h[12..16].copy_from_slice(&flags.to_be_bytes());
+    h[16..24].copy_from_slice(&source_bytes.to_be_bytes());
+    h[24..32].copy_from_slice(&chunk_bytes.to_be_bytes());
+    let crc = crc32c::crc32c(&h[..32]);
+    h[32..].copy_from_slice(&crc.to_be_bytes());
+    h
+}
+
+/// Decodes and checks the header; `at` is its stream offset (for messages).
+pub fn decode_header(h: &[u8; HEADER_LEN], at: u64) -> Result<StreamInfo, StreamError> {
+    if h[..8] != MAGIC {
+        return Err(StreamError::Corrupt(format!(
+            "format 4 header at stream byte {at} has a bad magic"
+        )));
+    }
+    let crc = be_u32(&h[32..]);
+    if crc != crc32c::crc32c(&h[..32]) {
+        return Err(StreamError::Corrupt(format!(
+            "format 4 header at stream byte {at} has a bad checksum"
+        )));
+    }
+    let version = be_u32(&h[8..]);
+    if version != VERSION {
+        return Err(StreamError::Unsupported(format!(
+            "format 4 header at stream byte {at} has version {version}; this lvmsync reads version {VERSION}"
+        )));
+    }
+    let flags = be_u32(&h[12..]);
+    if flags & !HEADER_FLAG_ZSTD != 0 {
+        return Err(StreamError::Unsupported(format!(
+            "format 4 header at stream byte {at} has unknown flags {flags:#x}"
+        )));
+    }
+    Ok(StreamInfo {
+        format: Format::V4,
+        source_bytes: Some(be_u64(&h[16..])),
+        chunk_bytes: Some(be_u64(&h[24..])),
+        compressed: flags & HEADER_FLAG_ZSTD != 0,
+    })
+}
+
+/// Encodes a record header whose checksum covers `payload`.
+pub fn record_header(
+    kind: u8,
+    flags: u8,
+    offset: u64,
+    len: u64,
+    payload: &[u8],
+) -> [u8; RECORD_HEADER_LEN] {
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    h[0] = kind;
+    h[1] = flags;
+    let payload_len = u32::try_from(payload.len()).expect("record payload fits in u32");
+    h[4..8].copy_from_slice(&payload_len.to_be_bytes());
+    h[8..16].copy_from_slice(&offset.to_be_bytes());
+    h[16..24].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..24]), payload);
+    h[24..].copy_from_slice(&crc.to_be_bytes());
+    h
+}
+
+/// The per-record digest of a data record (see the module doc).
+pub fn data_digest(offset: u64, data: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&[TYPE_DATA]);
+    h.update(&offset.to_be_bytes());
+    h.update(&(data.len() as u64).to_be_bytes());
+    h.update(data);
+    *h.finalize().as_bytes()
+}
+
+/// The per-record digest of a zero record.
+pub fn zero_digest(offset: u64, len: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&[TYPE_ZERO]);
+    h.update(&offset.to_be_bytes());
+    h.update(&len.to_be_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// Encodes the end record.
+pub fn end_record(
+    totals: &StreamTotals,
+    digest: &[u8; 32],
+) -> [u8; RECORD_HEADER_LEN + END_PAYLOAD_LEN] {
+    let mut payload = [0u8; END_PAYLOAD_LEN];
+    payload[..8].copy_from_slice(&totals.records.to_be_bytes());
+    payload[8..16].copy_from_slice(&totals.data_bytes.to_be_bytes());
+    payload[16..24].copy_from_slice(&totals.zero_bytes.to_be_bytes());
+    payload[24..32].copy_from_slice(&totals.wire_bytes.to_be_bytes());
+    payload[32..].copy_from_slice(digest);
+    let header = record_header(TYPE_END, 0, 0, 0, &payload);
+    let mut out = [0u8; RECORD_HEADER_LEN + END_PAYLOAD_LEN];
+    out[..RECORD_HEADER_LEN].copy_from_slice(&header);
+    out[RECORD_HEADER_LEN..].copy_from_slice(&payload);
+    out
+}
+
+/// Reading state of a format 4 stream.
+pub(super) struct ReadState {
+    /// Records must start at or after this offset (end of the previous one).
+    next_min: u64,
+    source_bytes: u64,
+    compressed: bool,
+    digest: blake3::Hasher,
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    /// Decompressed payloads, reused across records.
+    pub(super) unpacked: Vec<u8>,
+    pub(super) done: bool,
+}
+
+/// What [`read_record`] found.
+pub(super) enum Found {
+    /// A data record; `len` bytes in the read buffer (`unpacked == false`) or in
+    /// `ReadState::unpacked`.
+    Data {
+        offset: u64,
+        len: usize,
+        unpacked: bool,
+    },
+    Zero {
+        offset: u64,
+        len: u64,
+    },
+    /// A valid end record followed by EOF.
+    End,
+}
+
+impl ReadState {
+    pub(super) fn new(info: &StreamInfo) -> Self {
+        ReadState {
+            next_min: 0,
+            source_bytes: info.source_bytes.unwrap_or(0),
+            compressed: info.compressed,
+            digest: blake3::Hasher::new(),
+            decompressor: None,
+            unpacked: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Checks that `[offset, offset+len)` is non-empty, inside the source and after the
+    /// previous record, and advances the order.
+    fn place(&mut self, at: u64, what: &str, offset: u64, len: u64) -> Result<(), StreamError> {
+        let corrupt = |msg: String| {
+            Err(StreamError::Corrupt(format!(
+                "{what} record at stream byte {at}: {msg}"
+            )))
+        };
+        if len == 0 {
+            return corrupt("empty record".into());
+        }
+        let Some(end) = offset.checked_add(len) else {
+            return corrupt(format!("offset {offset} + length {len} overflows"));
+        };
+        if end > self.source_bytes {
+            return corrupt(format!(
+                "range {offset}+{len} ends past the source size {}",
+                self.source_bytes
+            ));
+        }
+        if offset < self.next_min {
+            return corrupt(format!(
+                "offset {offset} is before the end {} of the previous record (records must be increasing and disjoint)",
+                self.next_min
+            ));
+        }
+        self.next_min = end;
+        Ok(())
+    }
+
+    /// Reads the next record (payload into `buf`, grown as needed and never shrunk).
+    pub(super) fn read_record<R: std::io::Read>(
+        &mut self,
+        input: &mut Input<R>,
+        buf: &mut Vec<u8>,
+        totals: &mut StreamTotals,
+    ) -> Result<Found, StreamError> {
+        if self.done {
+            return Ok(Found::End);
+        }
+        let at = input.pos;
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        let got = input.read_full(&mut h)?;
+        if got == 0 {
+            return Err(StreamError::Corrupt(format!(
+                "stream ends at byte {at} without an end record"
+            )));
+        }
+        if got < RECORD_HEADER_LEN {
+            return Err(input.truncated(at));
+        }
+        let payload_len = be_u32(&h[4..]) as usize;
+        if payload_len > MAX_RECORD_ACCEPTED {
+            return Err(StreamError::Corrupt(format!(
+                "record at stream byte {at} claims a {payload_len}-byte payload, more than the {MAX_RECORD_ACCEPTED} accepted"
+            )));
+        }
+        if buf.len() < payload_len {
+            buf.resize(payload_len, 0);
+        }
+        let payload = &mut buf[..payload_len];
+        if input.read_full(payload)? < payload_len {
+            return Err(input.truncated(at));
+        }
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&h[..24]), payload);
+        if crc != be_u32(&h[24..]) {
+            return Err(StreamError::Corrupt(format!(
+                "record at stream byte {at} has a bad checksum"
+            )));
+        }
+        let (kind, flags, reserved) = (h[0], h[1], u16::from_be_bytes([h[2], h[3]]));
+        let (offset, len) = (be_u64(&h[8..]), be_u64(&h[16..]));
+        if reserved != 0 {
+            return Err(StreamError::Corrupt(format!(
+                "record at stream byte {at} has non-zero reserved bits"
+            )));
+        }
+        let found = match kind {
+            TYPE_DATA => {
+                if flags & !RECORD_FLAG_ZSTD != 0 {
+                    return Err(StreamError::Unsupported(format!(
+                        "data record at stream byte {at} has unknown flags {flags:#x}"
+                    )));
+                }
+                if len > MAX_RECORD_ACCEPTED as u64 {
+                    return Err(StreamError::Corrupt(format!(
+                        "data record at stream byte {at} claims {len} bytes, more than the {MAX_RECORD_ACCEPTED} accepted"
+                    )));
+                }
+                self.place(at, "data", offset, len)?;
+                let len = len as usize;
+                let unpacked = flags & RECORD_FLAG_ZSTD != 0;
+                let digest = if unpacked {
+                    if !self.compressed {
+                        return Err(StreamError::Corrupt(format!(
+                            "data record at stream byte {at} is compressed but the header does not allow compression"
+                        )));
+                    }
+                    self.decompress(at, &buf[..payload_len], len)?;
+                    data_digest(offset, &self.unpacked[..len])
+                } else {
+                    if payload_len != len {
+                        return Err(StreamError::Corrupt(format!(
+                            "raw data record at stream byte {at} carries {payload_len} bytes for a length of {len}"
+                        )));
+                    }
+                    data_digest(offset, &buf[..len])
+                };
+                self.digest.update(&digest);
+                totals.data_bytes += len as u64;
+                Found::Data {
+                    offset,
+                    len,
+                    unpacked,
+                }
+            }
+            TYPE_ZERO => {
+                if flags != 0 || payload_len != 0 {
+                    return Err(StreamError::Corrupt(format!(
+                        "zero record at stream byte {at} has flags {flags:#x} or a payload ({payload_len} bytes)"
+                    )));
+                }
+                self.place(at, "zero", offset, len)?;
+                self.digest.update(&zero_digest(offset, len));
+                totals.zero_bytes += len;
+                Found::Zero { offset, len }
+            }
+            TYPE_END => {
+                if flags != 0 || offset != 0 || len != 0 || payload_len != END_PAYLOAD_LEN {
+                    return Err(StreamError::Corrupt(format!(
+                        "end record at stream byte {at} is malformed"
+                    )));
+                }
+                self.check_end(at, &buf[..END_PAYLOAD_LEN], totals)?;
+                let mut probe = [0u8; 1];
+                if input.read_full(&mut probe)? != 0 {
+                    return Err(StreamError::Corrupt(format!(
+                        "trailing bytes after the end record, at stream byte {}",
+                        input.pos - 1
+                    )));
+                }
+                self.done = true;
+                totals.wire_bytes = input.pos;
+                return Ok(Found::End);
+            }
+            other => {
+                return Err(StreamError::Unsupported(format!(
+                    "record at stream byte {at} has unknown type {other:#04x}"
+                )))
+            }
+        };
+        totals.records += 1;
+        totals.wire_bytes = input.pos;
+        Ok(found)
+    }
+
+    fn decompress(&mut self, at: u64, frame: &[u8], len: usize) -> Result<(), StreamError> {
+        if self.decompressor.is_none() {
+            self.decompressor = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let dctx = self.decompressor.as_mut().unwrap();
+        if self.unpacked.len() < len {
+            self.unpacked.resize(len, 0);
+        }
+        let out = &mut self.unpacked[..len];
+        let n = dctx.decompress_to_buffer(frame, out).map_err(|e| {
+            StreamError::Corrupt(format!(
+                "data record at stream byte {at}: payload does not decompress to the declared {len} bytes: {e}"
+            ))
+        })?;
+        if n != len {
+            return Err(StreamError::Corrupt(format!(
+                "data record at stream byte {at}: payload decompresses to {n} bytes, the header says {len}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_end(&mut self, at: u64, p: &[u8], totals: &StreamTotals) -> Result<(), StreamError> {
+        let claims = [
+            ("records", be_u64(p), totals.records),
+            ("data bytes", be_u64(&p[8..]), totals.data_bytes),
+            ("zero bytes", be_u64(&p[16..]), totals.zero_bytes),
+            ("stream bytes", be_u64(&p[24..]), at),
+        ];
+        for (what, claimed, seen) in claims {
+            if claimed != seen {
+                return Err(StreamError::Corrupt(format!(
+                    "end record at stream byte {at} counts {claimed} {what}, the stream had {seen}"
+                )));
+            }
+        }
+        let digest = std::mem::take(&mut self.digest).finalize();
+        if digest.as_bytes()[..] != p[32..64] {
+            return Err(StreamError::Corrupt(format!(
+                "end record at stream byte {at}: the BLAKE3 digest of the records does not match"
+            )));
+        }
+        Ok(())
+    }
+}

@@ -563,13 +563,22 @@ impl<R: Read> StreamReader<R> {
             v4::decode_header(&header, at)?
         } else if line.is_empty() {
             return Err(StreamError::Corrupt(
-                "empty stream: no handshake line (expected 'lvmsync PROTO[3]' or 'lvmsync PROTO[4]')"
+                "stream ends at byte 0, before the handshake line (expected 'lvmsync PROTO[3]' or 'lvmsync PROTO[4]')"
                     .into(),
             ));
+        } else if !line.ends_with(b"\n")
+            && [v3::HANDSHAKE, v4::HANDSHAKE, b"lvmsync PROTO[3]\r\n"]
+                .iter()
+                .any(|h| h.starts_with(&line))
+        {
+            return Err(StreamError::Corrupt(format!(
+                "stream ends inside the handshake line at byte {}",
+                input.pos
+            )));
         } else {
             let seen = line.strip_suffix(b"\n").unwrap_or(&line).escape_ascii();
             let msg = format!(
-                "handshake failed; protocol mismatch? (saw '{seen}', expected 'lvmsync PROTO[3]' or 'lvmsync PROTO[4]')"
+                "handshake failed at stream byte 0; protocol mismatch? (saw '{seen}', expected 'lvmsync PROTO[3]' or 'lvmsync PROTO[4]')"
             );
             return Err(if line.starts_with(b"lvmsync PROTO[") {
                 StreamError::Unsupported(msg)

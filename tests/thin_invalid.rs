@@ -1,0 +1,137 @@
+//! Damaged or foreign thin metadata must be refused with an error that says what and where.
+
+mod thin_support;
+
+use lvmsync::source::thin::{self, MetadataRoot, ThinError};
+use thin_support::*;
+
+fn fixture_copy() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = gunzip_fixture("tmeta.img.gz", dir.path());
+    (dir, meta)
+}
+
+fn patch(meta: &std::path::Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(meta).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+#[test]
+fn bad_magic_is_refused() {
+    let (_d, meta) = fixture_copy();
+    patch(&meta, 32, &[0; 8]);
+    let err = thin::delta(&meta, 2, 1, MetadataRoot::Superblock).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ThinError::BadMagic {
+                block: 0,
+                found: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("bad thin superblock magic"),
+        "{err}"
+    );
+}
+
+#[test]
+fn flipped_superblock_byte_is_a_checksum_error() {
+    let (_d, meta) = fixture_copy();
+    let b = read_block(&meta, 0);
+    patch(&meta, 100, &[b[100] ^ 0x40]);
+    let err = thin::delta(&meta, 2, 1, MetadataRoot::Superblock).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ThinError::Checksum {
+                block: 0,
+                what: "superblock",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+}
+
+#[test]
+fn flipped_checksum_byte_in_a_mapping_leaf_is_reported_with_its_block() {
+    let (_d, meta) = fixture_copy();
+    let sb = thin::read_superblock(&meta, MetadataRoot::Superblock).unwrap();
+    // The top-level tree is a single leaf in this small pool: its values are device roots.
+    let (leaf, _, roots) = node_entries(&read_block(&meta, sb.data_mapping_root));
+    assert!(leaf);
+    let victim = roots[0];
+    let b = read_block(&meta, victim);
+    patch(&meta, victim * BLOCK as u64, &[b[0] ^ 1]);
+    let err = thin::delta(&meta, 2, 1, MetadataRoot::Superblock).unwrap_err();
+    match &err {
+        ThinError::Checksum { block, what, .. } => {
+            assert_eq!(*block, victim);
+            assert_eq!(*what, "btree node");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(
+        err.to_string().contains(&format!("block {victim}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn node_at_the_wrong_block_is_refused() {
+    let (_d, meta) = fixture_copy();
+    let sb = thin::read_superblock(&meta, MetadataRoot::Superblock).unwrap();
+    let (_, _, roots) = node_entries(&read_block(&meta, sb.data_mapping_root));
+    // Copy device 1's leaf (valid checksum for its own block) over device 2's.
+    let mut b = read_block(&meta, roots[0]);
+    reseal(&mut b, NODE_SALT);
+    patch(&meta, roots[1] * BLOCK as u64, &b);
+    let err = thin::delta(&meta, 2, 1, MetadataRoot::Superblock).unwrap_err();
+    assert!(
+        matches!(&err, ThinError::Corrupt { block, .. } if *block == roots[1]),
+        "{err}"
+    );
+    assert!(err.to_string().contains("belongs at block"), "{err}");
+}
+
+#[test]
+fn pointer_past_the_end_is_refused() {
+    let (_d, meta) = fixture_copy();
+    let sb = thin::read_superblock(&meta, MetadataRoot::Superblock).unwrap();
+    let mut top = read_block(&meta, sb.data_mapping_root);
+    set_value(&mut top, 0, 1 << 40);
+    write_block(&meta, sb.data_mapping_root, &mut top, NODE_SALT);
+    let err = thin::delta(&meta, 2, 1, MetadataRoot::Superblock).unwrap_err();
+    assert!(
+        err.to_string().contains("past the end of the metadata"),
+        "{err}"
+    );
+}
+
+#[test]
+fn garbage_and_short_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage");
+    let bytes: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&garbage, bytes).unwrap();
+    let err = thin::delta(&garbage, 2, 1, MetadataRoot::Superblock).unwrap_err();
+    assert!(matches!(err, ThinError::BadMagic { .. }), "{err}");
+
+    let short = dir.path().join("short");
+    std::fs::write(&short, [0u8; 100]).unwrap();
+    let err = thin::delta(&short, 2, 1, MetadataRoot::Superblock).unwrap_err();
+    assert!(err.to_string().contains("past the end"), "{err}");
+
+    let missing = dir.path().join("missing");
+    let err = thin::delta(&missing, 2, 1, MetadataRoot::Superblock).unwrap_err();
+    assert!(matches!(err, ThinError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
+}

@@ -1,0 +1,222 @@
+//! Helpers shared by the thin metadata tests: thin-provisioning-tools as an oracle, XML in and
+//! out, and raw metadata block editing.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lvmsync::extent::{Extent, ExtentList};
+
+pub const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/lvm-2.03.16/thin"
+);
+
+/// Value of attribute `name` in an XML element line (`name="value"`).
+pub fn attr<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let pat = format!(" {name}=\"");
+    let start = line.find(&pat)? + pat.len();
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+fn num(line: &str, name: &str) -> u64 {
+    attr(line, name)
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("bad {name} in {line:?}"))
+}
+
+/// Parses thin_delta's (non-verbose) XML into byte extents: `different` and `right_only` are
+/// data, `left_only` is zero, `same` is nothing.
+pub fn parse_thin_delta(xml: &str) -> (u64, ExtentList) {
+    let mut block_bytes = None;
+    let mut extents = Vec::new();
+    for line in xml.lines().map(str::trim) {
+        if line.starts_with("<superblock ") {
+            block_bytes = Some(num(line, "data_block_size") * 512);
+            continue;
+        }
+        let kind = ["different", "right_only", "left_only", "same"]
+            .into_iter()
+            .find(|k| line.starts_with(&format!("<{k} ")));
+        let Some(kind) = kind else { continue };
+        let bytes = block_bytes.expect("superblock element first");
+        let (begin, len) = (num(line, "begin") * bytes, num(line, "length") * bytes);
+        match kind {
+            "different" | "right_only" => extents.push(Extent::data(begin, len)),
+            "left_only" => extents.push(Extent::zero(begin, len)),
+            _ => {}
+        }
+    }
+    (
+        block_bytes.expect("no superblock element"),
+        ExtentList::from_extents(extents),
+    )
+}
+
+/// Decompresses fixture `name` (a .gz) into `dir`.
+pub fn gunzip_fixture(name: &str, dir: &Path) -> PathBuf {
+    let f = std::fs::File::open(Path::new(FIXTURES).join(name)).unwrap();
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(f)
+        .read_to_end(&mut out)
+        .unwrap();
+    let path = dir.join(name.trim_end_matches(".gz"));
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// Runs a command, panicking with its stderr on failure; returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?} (is thin-provisioning-tools installed?): {e}")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A device's mappings: virtual block -> (data block, time).
+pub type DeviceMap = BTreeMap<u64, (u64, u32)>;
+
+/// thin_dump 0.9.0-style XML for `devices`, with runs written as range mappings.
+pub fn dump_xml(
+    data_block_size: u32,
+    nr_data_blocks: u64,
+    devices: &[(u64, &DeviceMap)],
+) -> String {
+    let mut x = String::new();
+    writeln!(
+        x,
+        "<superblock uuid=\"\" time=\"1\" transaction=\"1\" flags=\"0\" version=\"2\" \
+         data_block_size=\"{data_block_size}\" nr_data_blocks=\"{nr_data_blocks}\">"
+    )
+    .unwrap();
+    for &(dev_id, map) in devices {
+        writeln!(
+            x,
+            "  <device dev_id=\"{dev_id}\" mapped_blocks=\"{}\" transaction=\"0\" \
+             creation_time=\"0\" snap_time=\"0\">",
+            map.len()
+        )
+        .unwrap();
+        let mut it = map.iter().peekable();
+        while let Some((&b, &(d, t))) = it.next() {
+            let mut len = 1;
+            while let Some(&(&nb, &(nd, nt))) = it.peek() {
+                if nb == b + len && nd == d + len && nt == t {
+                    len += 1;
+                    it.next();
+                } else {
+                    break;
+                }
+            }
+            if len == 1 {
+                writeln!(
+                    x,
+                    "    <single_mapping origin_block=\"{b}\" data_block=\"{d}\" time=\"{t}\"/>"
+                )
+                .unwrap();
+            } else {
+                writeln!(
+                    x,
+                    "    <range_mapping origin_begin=\"{b}\" data_begin=\"{d}\" length=\"{len}\" \
+                     time=\"{t}\"/>"
+                )
+                .unwrap();
+            }
+        }
+        writeln!(x, "  </device>").unwrap();
+    }
+    writeln!(x, "</superblock>").unwrap();
+    x
+}
+
+/// Builds binary metadata from XML with thin_restore into `dir/name`.
+pub fn restore(xml: &str, dir: &Path, name: &str, size_mib: u64) -> PathBuf {
+    let xml_path = dir.join(format!("{name}.xml"));
+    std::fs::write(&xml_path, xml).unwrap();
+    let meta = dir.join(name);
+    let f = std::fs::File::create(&meta).unwrap();
+    f.set_len(size_mib << 20).unwrap();
+    drop(f);
+    run(Command::new("thin_restore")
+        .arg("-i")
+        .arg(&xml_path)
+        .arg("-o")
+        .arg(&meta));
+    meta
+}
+
+/// What thin_delta says differs between `snap` (older) and `origin` (newer).
+pub fn thin_delta(meta: &Path, snap: u64, origin: u64) -> (u64, ExtentList) {
+    parse_thin_delta(&run(Command::new("thin_delta")
+        .arg("--snap1")
+        .arg(snap.to_string())
+        .arg("--snap2")
+        .arg(origin.to_string())
+        .arg(meta)))
+}
+
+// ---- raw block editing (to build metadata thin_restore cannot: shared subtrees) ----
+
+pub const BLOCK: usize = 4096;
+
+pub fn read_block(meta: &Path, block: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(meta).unwrap();
+    let mut b = vec![0; BLOCK];
+    f.read_exact_at(&mut b, block * BLOCK as u64).unwrap();
+    b
+}
+
+/// Writes `data` at `block` after setting its blocknr field and checksum (`salt`: 160774 for a
+/// superblock, 121107 for a btree node).
+pub fn write_block(meta: &Path, block: u64, data: &mut [u8], salt: u32) {
+    use std::os::unix::fs::FileExt;
+    data[8..16].copy_from_slice(&block.to_le_bytes());
+    reseal(data, salt);
+    let f = std::fs::OpenOptions::new().write(true).open(meta).unwrap();
+    f.write_all_at(data, block * BLOCK as u64).unwrap();
+}
+
+/// Recomputes a block's checksum.
+pub fn reseal(data: &mut [u8], salt: u32) {
+    let c = !crc32c::crc32c(&data[4..]) ^ salt;
+    data[0..4].copy_from_slice(&c.to_le_bytes());
+}
+
+pub const SB_SALT: u32 = 160_774;
+pub const NODE_SALT: u32 = 121_107;
+
+pub fn le64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+pub fn le32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+/// A btree node's view: (is_leaf, keys, values as u64) for 8-byte-value trees.
+pub fn node_entries(b: &[u8]) -> (bool, Vec<u64>, Vec<u64>) {
+    let leaf = le32(b, 4) == 2;
+    let n = le32(b, 16) as usize;
+    let max = le32(b, 20) as usize;
+    let keys = (0..n).map(|i| le64(b, 32 + 8 * i)).collect();
+    let vals = (0..n).map(|i| le64(b, 32 + 8 * max + 8 * i)).collect();
+    (leaf, keys, vals)
+}
+
+/// Sets value `i` (8-byte values) of a node buffer.
+pub fn set_value(b: &mut [u8], i: usize, v: u64) {
+    let max = le32(b, 20) as usize;
+    let off = 32 + 8 * max + 8 * i;
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}

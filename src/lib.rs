@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod extent;
+pub mod lvm;
 pub mod source;
 pub mod stream;
 pub mod transport;

@@ -703,3 +703,31 @@ mod props {
         }
     }
 }
+
+/// The example in docs/stream-format.md, byte for byte.
+#[test]
+fn documented_example_is_byte_exact() {
+    let hex = "6c766d73796e632050524f544f5b345d0a\
+               4c564d53594e43340000000100000000000000000000200000000000000010003 3e2dbd1\
+               440000000000000500000000000000000000000000000005 1948b4f0 68656c6c6f\
+               5a0000000000000000000000000010000000000000001000 1f0479ae\
+               450000000000004000000000000000000000000000000000 cf35873d\
+               0000000000000002000000000000000500000000000010000000000000000072\
+               cada2df45b627a9cc87c364b461ef02d3d07513c71af6b4235eb25d4a21131a5";
+    let hex: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
+    let expected: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let o = WriterOptions {
+        format: Format::V4,
+        source_bytes: 8192,
+        chunk_bytes: 4096,
+        compress: None,
+    };
+    let mut w = StreamWriter::new(Vec::new(), &o).unwrap();
+    w.data(0, b"hello").unwrap();
+    w.zero(4096, 4096).unwrap();
+    let (bytes, _) = w.finish().unwrap();
+    assert_eq!(bytes, expected);
+}

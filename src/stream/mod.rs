@@ -13,6 +13,11 @@
 //!   line); [`StreamReader::next_record`] yields records and returns `Ok(None)` only at a
 //!   verified end: for format 4 after a valid end record followed by EOF, for format 3 at EOF on
 //!   a record boundary. Anything else (truncation, bad checksum, trailing bytes) is an error.
+//! - Pipelining: [`RecordEncoder`] (one per thread, from [`StreamWriter::encoder`]) does the
+//!   expensive part (zstd, CRC-32C, BLAKE3) into an [`EncodedRecords`] batch;
+//!   [`StreamWriter::write_encoded`] checks order and writes batches in stream order.
+//!
+//! The byte layout of both formats is in docs/stream-format.md.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 

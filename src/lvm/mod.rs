@@ -83,9 +83,15 @@ fn mapper_path(tools: &dyn Tools, dev: DevNum, what: &str) -> Result<PathBuf, Er
     Ok(Path::new("/dev/mapper").join(info.name))
 }
 
-/// `VG/LV` of a path that does not exist: `/dev/VG/LV` or `VG/LV`.
+/// `VG/LV` of a path that does not exist: `/dev/VG/LV`, `/dev/mapper/VG-LV` or `VG/LV`.
 fn name_from_missing_path(path: &Path) -> Option<(String, String)> {
     let s = path.to_str()?;
+    if let Some(dm_name) = s.strip_prefix("/dev/mapper/") {
+        let (vg, lv) = dm::split_lvm_dm_name(dm_name)?;
+        // a single `-` left after the doubled ones starts a layer suffix (`-cow`, `-tpool`)
+        let has_layer = lv.replace("--", "").contains('-');
+        return (!has_layer && !lv.is_empty()).then(|| (vg, lv.replace("--", "-")));
+    }
     let rest = s.strip_prefix("/dev/").unwrap_or(s);
     let (vg, lv) = rest.split_once('/')?;
     let ok = |n: &str| {

@@ -180,6 +180,11 @@ fn inactive_thin_snapshot_by_name() {
     assert_eq!((t.snap_id, t.origin_id), (2, 1));
     assert_eq!(t.pool_dm_name, "my--vg-th--pool-tpool");
     assert_eq!(thin(&s, "my-vg/th-lv-snap"), t);
+    assert_eq!(thin(&s, "/dev/mapper/my--vg-th--lv--snap"), t);
+    assert_eq!(
+        error(&s, "/dev/mapper/my--vg-th--lv--snap-cow"),
+        "/dev/mapper/my--vg-th--lv--snap-cow: no such device"
+    );
 }
 
 #[test]

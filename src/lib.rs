@@ -5,9 +5,14 @@
 //! and writes them as a change stream ([`stream`]); the receiver ([`apply`]) writes a stream onto
 //! a destination, optionally saving what it overwrites as a snapback stream.
 
+pub mod apply;
+pub mod blockdev;
+pub mod cli;
 pub mod error;
 pub mod extent;
 pub mod lvm;
+pub mod run;
+pub mod send;
 pub mod source;
 pub mod stream;
 pub mod transport;

@@ -1,0 +1,395 @@
+//! The command line: clap's raw arguments, then a validated [`Config`] that says exactly what to
+//! do. Every combination that makes no sense is refused here, before anything is opened.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::{Error, Result};
+use crate::stream::Format;
+
+const USAGE: &str = "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
+       lvmsync [OPTIONS] --stdout SNAPSHOT
+       lvmsync [OPTIONS] --apply FILE|- DEST
+       lvmsync changes SNAPSHOT
+       (--cow FILE, or --thin-metadata FILE --thin-ids SNAP:ORIGIN, with --data-source ORIGIN,
+        stand in for SNAPSHOT)";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lvmsync",
+    version,
+    about = "Send only the blocks of an LVM volume that changed since a snapshot",
+    override_usage = USAGE,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub sync: SyncArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the changed byte ranges: one "OFFSET LENGTH KIND" line each, in decimal bytes.
+    Changes(ChangesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesArgs {
+    /// The snapshot (omit with --cow or --thin-metadata).
+    pub snapshot: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: OfflineSourceArgs,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct OfflineSourceArgs {
+    /// Read the change list from this classic snapshot exception store (image or -cow device).
+    #[arg(long, value_name = "FILE")]
+    pub cow: Option<PathBuf>,
+    /// Read the change list from this thin-pool metadata (image or metadata device).
+    #[arg(long, value_name = "FILE", requires = "thin_ids")]
+    pub thin_metadata: Option<PathBuf>,
+    /// Thin device ids of the snapshot and its origin in --thin-metadata.
+    #[arg(long, value_name = "SNAP:ORIGIN", requires = "thin_metadata")]
+    pub thin_ids: Option<String>,
+    /// Origin size in bytes for `changes` with an offline source (default: the data source's
+    /// size, or unbounded).
+    #[arg(long, value_name = "DEV", short = 'r')]
+    pub data_source: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// SNAPSHOT and [HOST:]DEST (only DEST with --apply, --cow or --thin-metadata).
+    #[arg(value_name = "ARGS")]
+    pub paths: Vec<String>,
+    /// Write the change stream to standard output.
+    #[arg(short = 's', long)]
+    pub stdout: bool,
+    /// Apply a change stream (a file, or - for standard input) to DEST.
+    #[arg(short = 'a', long, value_name = "FILE")]
+    pub apply: Option<String>,
+    /// Deprecated spelling of `--apply -`.
+    #[arg(long, hide = true)]
+    pub server: bool,
+    /// While applying, save the overwritten data here (a stream that rolls DEST back).
+    #[arg(short = 'b', long, value_name = "FILE")]
+    pub snapback: Option<String>,
+    /// Overwrite an existing snapback file.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub source: OfflineSourceArgs,
+    /// Remote shell command used to reach HOST.
+    #[arg(short = 'e', long, value_name = "CMD", default_value = "ssh")]
+    pub rsh: String,
+    /// lvmsync on the remote host.
+    #[arg(long, value_name = "PATH", default_value = "lvmsync")]
+    pub remote_path: String,
+    /// Stream format to write: 3 (Ruby lvmsync compatible) or 4 (checksummed).
+    #[arg(long, value_name = "3|4", default_value = "4", value_parser = parse_format)]
+    pub format: Format,
+    /// Compress record payloads with zstd (format 4).
+    #[arg(short = 'z', long)]
+    pub compress: bool,
+    /// zstd level used with --compress.
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true)]
+    pub compress_level: i32,
+    /// Reads in flight at once while sending.
+    #[arg(long, value_name = "N", default_value_t = 32, hide_short_help = true)]
+    pub queue_depth: usize,
+    /// Say more.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// Say nothing but errors.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Debug output.
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+}
+
+fn parse_format(s: &str) -> std::result::Result<Format, String> {
+    match s {
+        "3" => Ok(Format::V3),
+        "4" => Ok(Format::V4),
+        _ => Err(format!("unknown stream format '{s}' (3 or 4)")),
+    }
+}
+
+/// Where the list of changes comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeSourceSpec {
+    /// A live snapshot, discovered through LVM.
+    Snapshot(PathBuf),
+    /// A classic exception store image or device.
+    Cow(PathBuf),
+    /// Thin-pool metadata image or device, with the snapshot's and origin's device ids.
+    ThinMetadata {
+        path: PathBuf,
+        snap_id: u64,
+        origin_id: u64,
+    },
+}
+
+/// Where a stream goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendTarget {
+    Stdout,
+    /// `[HOST:]DEST` as given; the transport decides whether it is remote.
+    Dest(String),
+}
+
+/// Messages to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+    Debug,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Config {
+    Apply {
+        input: String,
+        dest: PathBuf,
+        snapback: Option<PathBuf>,
+        force: bool,
+        verbosity: Verbosity,
+    },
+    Send {
+        source: ChangeSourceSpec,
+        data_source: Option<PathBuf>,
+        target: SendTarget,
+        format: Format,
+        compress: Option<i32>,
+        queue_depth: usize,
+        snapback: Option<String>,
+        force: bool,
+        rsh: String,
+        remote_path: String,
+        verbosity: Verbosity,
+    },
+    Changes {
+        source: ChangeSourceSpec,
+        data_source: Option<PathBuf>,
+    },
+}
+
+fn usage(msg: impl Into<String>) -> Error {
+    Error::Invalid(msg.into())
+}
+
+fn parse_thin_ids(s: &str) -> Result<(u64, u64)> {
+    let bad = || usage(format!("--thin-ids '{s}': expected SNAP:ORIGIN device ids, e.g. 2:1"));
+    let (a, b) = s.split_once(':').ok_or_else(bad)?;
+    Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
+}
+
+impl OfflineSourceArgs {
+    /// The offline source given, if any.
+    fn offline(&self) -> Result<Option<ChangeSourceSpec>> {
+        match (&self.cow, &self.thin_metadata) {
+            (Some(_), Some(_)) => Err(usage("--cow and --thin-metadata cannot be used together")),
+            (Some(cow), None) => Ok(Some(ChangeSourceSpec::Cow(cow.clone()))),
+            (None, Some(meta)) => {
+                let (snap_id, origin_id) = parse_thin_ids(self.thin_ids.as_deref().unwrap_or(""))?;
+                Ok(Some(ChangeSourceSpec::ThinMetadata {
+                    path: meta.clone(),
+                    snap_id,
+                    origin_id,
+                }))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+impl Cli {
+    /// Turns raw arguments into a validated configuration.
+    pub fn into_config(self) -> Result<Config> {
+        if let Some(Command::Changes(c)) = self.command {
+            let offline = c.source.offline()?;
+            let source = match (offline, c.snapshot) {
+                (Some(_), Some(_)) => {
+                    return Err(usage(
+                        "give either SNAPSHOT or an offline source (--cow, --thin-metadata), not both",
+                    ))
+                }
+                (Some(s), None) => s,
+                (None, Some(p)) => ChangeSourceSpec::Snapshot(p),
+                (None, None) => return Err(usage("no snapshot specified")),
+            };
+            return Ok(Config::Changes {
+                source,
+                data_source: c.source.data_source,
+            });
+        }
+        let a = self.sync;
+        let verbosity = match (a.quiet, a.verbose, a.debug) {
+            (true, false, false) => Verbosity::Quiet,
+            (true, _, _) => return Err(usage("--quiet cannot be combined with --verbose or --debug")),
+            (false, _, true) => Verbosity::Debug,
+            (false, true, false) => Verbosity::Verbose,
+            (false, false, false) => Verbosity::Normal,
+        };
+        let apply = match (a.apply, a.server) {
+            (Some(_), true) => return Err(usage("--server is --apply -; give only one")),
+            (Some(f), false) => Some(f),
+            (None, true) => Some("-".to_string()),
+            (None, false) => None,
+        };
+        if let Some(input) = apply {
+            if a.stdout {
+                return Err(usage("--apply and --stdout cannot be used together"));
+            }
+            if a.source.offline()?.is_some() {
+                return Err(usage("--apply takes no change source (--cow, --thin-metadata)"));
+            }
+            let [dest] = <[String; 1]>::try_from(a.paths).map_err(|p| {
+                if p.is_empty() {
+                    usage("no destination specified for --apply")
+                } else {
+                    usage(format!("--apply takes one DEST, got {}", p.len()))
+                }
+            })?;
+            return Ok(Config::Apply {
+                input,
+                dest: PathBuf::from(dest),
+                snapback: a.snapback.map(PathBuf::from),
+                force: a.force,
+                verbosity,
+            });
+        }
+        if a.compress && a.format == Format::V3 {
+            return Err(usage("--compress needs --format 4 (format 3 has no compression)"));
+        }
+        let offline = a.source.offline()?;
+        let mut paths = a.paths.into_iter();
+        let source = match offline {
+            Some(s) => {
+                if a.source.data_source.is_none() {
+                    return Err(usage(
+                        "an offline change source needs --data-source (the origin to read data from)",
+                    ));
+                }
+                s
+            }
+            None => ChangeSourceSpec::Snapshot(PathBuf::from(paths.next().ok_or_else(|| {
+                usage("no snapshot specified (do you need --help?)")
+            })?)),
+        };
+        let target = if a.stdout {
+            if a.snapback.is_some() {
+                return Err(usage("--snapback cannot be used with --stdout"));
+            }
+            SendTarget::Stdout
+        } else {
+            SendTarget::Dest(paths.next().ok_or_else(|| usage("no destination specified"))?)
+        };
+        if let Some(extra) = paths.next() {
+            if target != SendTarget::Stdout {
+                return Err(usage(format!("unexpected argument '{extra}'")));
+            }
+            // Ruby lvmsync ignored a DEST given with --stdout; so do we, for old scripts.
+        }
+        Ok(Config::Send {
+            source,
+            data_source: a.source.data_source,
+            target,
+            format: a.format,
+            compress: a.compress.then_some(a.compress_level),
+            queue_depth: a.queue_depth.clamp(1, 1024),
+            snapback: a.snapback,
+            force: a.force,
+            rsh: a.rsh,
+            remote_path: a.remote_path,
+            verbosity,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config> {
+        let mut v = vec!["lvmsync"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v)
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .into_config()
+    }
+
+    #[test]
+    fn ruby_forms_parse() {
+        match config(&["-v", "-b", "/sb", "/dev/vg/snap", "host:/dev/vg2/lv"]).unwrap() {
+            Config::Send {
+                source, target, snapback, verbosity, ..
+            } => {
+                assert_eq!(source, ChangeSourceSpec::Snapshot("/dev/vg/snap".into()));
+                assert_eq!(target, SendTarget::Dest("host:/dev/vg2/lv".into()));
+                assert_eq!(snapback.as_deref(), Some("/sb"));
+                assert_eq!(verbosity, Verbosity::Verbose);
+            }
+            c => panic!("{c:?}"),
+        }
+        // Options after positionals, as in Ruby lvmsync's README.
+        assert!(matches!(
+            config(&["/dev/vg/snap", "host:/dev/x", "--snapback", "/f"]).unwrap(),
+            Config::Send { snapback: Some(_), .. }
+        ));
+        assert!(matches!(
+            config(&["--apply", "-", "/dev/x"]).unwrap(),
+            Config::Apply { .. }
+        ));
+        assert!(matches!(
+            config(&["--server", "/dev/x"]).unwrap(),
+            Config::Apply { .. }
+        ));
+        assert!(matches!(
+            config(&["--stdout", "/dev/vg/snap"]).unwrap(),
+            Config::Send { target: SendTarget::Stdout, .. }
+        ));
+    }
+
+    #[test]
+    fn offline_sources_parse() {
+        match config(&["--stdout", "--cow", "c.img", "--data-source", "o.img"]).unwrap() {
+            Config::Send { source, data_source, .. } => {
+                assert_eq!(source, ChangeSourceSpec::Cow("c.img".into()));
+                assert_eq!(data_source, Some("o.img".into()));
+            }
+            c => panic!("{c:?}"),
+        }
+        match config(&["changes", "--thin-metadata", "m", "--thin-ids", "2:1"]).unwrap() {
+            Config::Changes { source, .. } => assert_eq!(
+                source,
+                ChangeSourceSpec::ThinMetadata { path: "m".into(), snap_id: 2, origin_id: 1 }
+            ),
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        for args in [
+            &["-q", "-v", "/dev/vg/snap", "/dev/x"][..],
+            &["--stdout", "--snapback", "f", "/dev/vg/snap"],
+            &["--apply", "f"],
+            &["/dev/vg/snap"],
+            &["--cow", "c", "/dev/x"],
+            &["--format", "3", "-z", "--stdout", "/dev/vg/snap"],
+            &["--format", "5", "--stdout", "/dev/vg/snap"],
+            &["changes"],
+            &["changes", "--thin-metadata", "m", "--thin-ids", "x"],
+            &["/dev/vg/snap", "/dev/x", "/dev/y"],
+        ] {
+            assert!(config(args).is_err(), "{args:?} should be refused");
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Carries out a validated [`Config`]: the glue between change sources, the sender, the
+//! receiver and the transport.
+
+use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+
+use crate::apply::{apply_stream, ApplyOptions, ApplyReport};
+use crate::blockdev::Device;
+use crate::cli::{ChangeSourceSpec, Config, SendTarget, Verbosity};
+use crate::error::{Error, IoContext, Result};
+use crate::send::{send_changes, SendOptions, SendReport};
+use crate::source::cow::ExceptionStore;
+use crate::source::ChangeSet;
+
+pub fn run(config: Config) -> Result<()> {
+    match config {
+        Config::Changes {
+            source,
+            data_source,
+        } => run_changes(&source, data_source.as_deref()),
+        Config::Apply {
+            input,
+            dest,
+            snapback,
+            force,
+            verbosity,
+        } => {
+            let opts = ApplyOptions { snapback, force };
+            let report = if input == "-" {
+                apply_stream(io::stdin().lock(), &dest, &opts)?
+            } else {
+                let f = std::fs::File::open(&input).ctx(|| format!("{input}: cannot open"))?;
+                apply_stream(io::BufReader::with_capacity(1 << 20, f), &dest, &opts)?
+            };
+            if verbosity >= Verbosity::Verbose {
+                print_apply_report(&report, &dest);
+            }
+            Ok(())
+        }
+        Config::Send { .. } => run_send(config),
+    }
+}
+
+/// The change list and the device to read changed data from.
+fn resolve_changes(
+    source: &ChangeSourceSpec,
+    data_source: Option<&Path>,
+) -> Result<(ChangeSet, Option<PathBuf>)> {
+    let data_bytes = match data_source {
+        Some(p) => Some(Device::open_read(p)?.size),
+        None => None,
+    };
+    match source {
+        ChangeSourceSpec::Cow(path) => {
+            let store = ExceptionStore::open(path)?;
+            let changes = store.changes(data_bytes.unwrap_or(u64::MAX))?;
+            Ok((changes, data_source.map(Path::to_owned)))
+        }
+        ChangeSourceSpec::ThinMetadata { .. } => Err(Error::Invalid(
+            "--thin-metadata is not supported by this build".into(),
+        )),
+        ChangeSourceSpec::Snapshot(path) => Err(Error::Invalid(format!(
+            "{}: live snapshots are not supported by this build; use --cow or --thin-metadata",
+            path.display()
+        ))),
+    }
+}
+
+fn run_changes(source: &ChangeSourceSpec, data_source: Option<&Path>) -> Result<()> {
+    let (changes, _) = resolve_changes(source, data_source)?;
+    let mut out = BufWriter::new(io::stdout().lock());
+    for e in &changes.extents {
+        writeln!(out, "{} {} {}", e.offset, e.len, e.kind).ctx(|| "stdout".into())?;
+    }
+    out.flush().ctx(|| "stdout".into())
+}
+
+fn run_send(config: Config) -> Result<()> {
+    let Config::Send {
+        source,
+        data_source,
+        target,
+        format,
+        compress,
+        queue_depth,
+        snapback,
+        force,
+        verbosity,
+        ..
+    } = config
+    else {
+        unreachable!()
+    };
+    let (changes, data_path) = resolve_changes(&source, data_source.as_deref())?;
+    let data_path = data_path.ok_or_else(|| Error::Invalid("no data source".into()))?;
+    let opts = SendOptions {
+        format,
+        compress,
+        queue_depth,
+    };
+    let bar = progress_bar(verbosity, changes.extents.total_bytes());
+    let progress = |n: u64| {
+        if let Some(b) = &bar {
+            b.set_position(n)
+        }
+    };
+    let report = match target {
+        SendTarget::Stdout => {
+            let out = BufWriter::with_capacity(1 << 20, io::stdout().lock());
+            let (mut out, report) = send_changes(&changes, &data_path, out, &opts, &progress)?;
+            out.flush().ctx(|| "stdout".into())?;
+            report
+        }
+        SendTarget::Dest(dest) => {
+            let dest = PathBuf::from(dest);
+            let apply_opts = ApplyOptions {
+                snapback: snapback.map(PathBuf::from),
+                force,
+            };
+            send_local(&changes, &data_path, &dest, &opts, &apply_opts, &progress)?.0
+        }
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if verbosity >= Verbosity::Normal {
+        print_send_report(&report, &changes);
+    }
+    Ok(())
+}
+
+/// Sends to a local destination through an in-process pipe, so a local sync goes through the
+/// very same checks as a stream arriving over the network.
+fn send_local(
+    changes: &ChangeSet,
+    data_path: &Path,
+    dest: &Path,
+    opts: &SendOptions,
+    apply_opts: &ApplyOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(SendReport, ApplyReport)> {
+    let (reader, writer) = io::pipe().ctx(|| "cannot create a pipe".into())?;
+    std::thread::scope(|s| {
+        let receiver = s.spawn(move || {
+            let mut reader = reader;
+            let res = apply_stream(&mut reader, dest, apply_opts);
+            // Drain nothing further: dropping the reader makes a still-running sender fail.
+            drop(reader);
+            res
+        });
+        let sent = send_changes(
+            changes,
+            data_path,
+            BufWriter::with_capacity(1 << 20, writer),
+            opts,
+            progress,
+        )
+        .and_then(|(mut w, r)| {
+            w.flush().ctx(|| "pipe to the receiver".into())?;
+            Ok(r)
+        });
+        let applied = receiver.join().expect("receiver thread panicked");
+        // The receiver's error explains a broken pipe on the sender's side: report it first.
+        let applied = applied?;
+        Ok((sent?, applied))
+    })
+}
+
+fn progress_bar(verbosity: Verbosity, total: u64) -> Option<ProgressBar> {
+    if verbosity == Verbosity::Quiet || !io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    Some(bar)
+}
+
+fn print_send_report(r: &SendReport, changes: &ChangeSet) {
+    let secs = r.elapsed.as_secs_f64().max(1e-6);
+    let changed = r.totals.data_bytes + r.totals.zero_bytes;
+    eprintln!(
+        "lvmsync: sent {} ranges, {} of changes ({} on the wire) in {:.2} s, {}/s; {:.2}% of the {} volume",
+        r.ranges,
+        HumanBytes(changed),
+        HumanBytes(r.totals.wire_bytes),
+        secs,
+        HumanBytes((changed as f64 / secs) as u64),
+        if changes.volume_bytes > 0 {
+            changed as f64 * 100.0 / changes.volume_bytes as f64
+        } else {
+            0.0
+        },
+        HumanBytes(changes.volume_bytes),
+    );
+}
+
+fn print_apply_report(r: &ApplyReport, dest: &Path) {
+    eprintln!(
+        "lvmsync: applied {} records, {} of data and {} of zeros to {}{}",
+        r.totals.records,
+        HumanBytes(r.totals.data_bytes),
+        HumanBytes(r.totals.zero_bytes),
+        dest.display(),
+        match &r.snapback {
+            Some(t) => format!("; snapback holds {}", HumanBytes(t.data_bytes)),
+            None => String::new(),
+        }
+    );
+}
+
+/// Reads all of `r` (test helper for in-memory streams).
+pub fn read_all(mut r: impl Read) -> io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    r.read_to_end(&mut v)?;
+    Ok(v)
+}

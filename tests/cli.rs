@@ -1,0 +1,272 @@
+//! The lvmsync command line on the real classic-snapshot fixture and on crafted inputs.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Output;
+
+use assert_cmd::Command;
+use lvmsync::source::cow::StoreWriter;
+
+fn lvmsync() -> Command {
+    Command::cargo_bin("lvmsync").unwrap()
+}
+
+fn run(args: &[&str]) -> Output {
+    lvmsync().args(args).output().unwrap()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "lvmsync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn refused(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "lvmsync should have failed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(needle), "stderr lacks '{needle}': {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "error is not one line: {err}");
+}
+
+/// The 4 KiB chunks touched by the writes listed in the fixture's writes.txt, as merged ranges.
+fn expected_changes() -> Vec<(u64, u64)> {
+    let writes = std::fs::read_to_string(common::fixture("classic/writes.txt")).unwrap();
+    let mut chunks = BTreeSet::new();
+    for line in writes.lines() {
+        let mut f = line.split_whitespace();
+        let off: u64 = f.next().unwrap().parse().unwrap();
+        let len: u64 = f.next().unwrap().parse().unwrap();
+        chunks.extend(off / 4096..=(off + len - 1) / 4096);
+    }
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for c in chunks {
+        match ranges.last_mut() {
+            Some(r) if r.0 + r.1 == c * 4096 => r.1 += 4096,
+            _ => ranges.push((c * 4096, 4096)),
+        }
+    }
+    ranges
+}
+
+#[test]
+fn changes_lists_exactly_the_written_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cow, _, after) = common::classic_fixture(dir.path());
+    for extra in [vec![], vec!["--data-source", p(&after)]] {
+        let mut args = vec!["changes", "--cow", p(&cow)];
+        args.extend(extra);
+        let out = run(&args);
+        ok(&out);
+        let got: Vec<(u64, u64)> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                assert_eq!(f[2], "data");
+                (f[0].parse().unwrap(), f[1].parse().unwrap())
+            })
+            .collect();
+        assert_eq!(got, expected_changes());
+    }
+}
+
+#[test]
+fn fixture_stream_applied_onto_before_gives_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cow, before, after) = common::classic_fixture(dir.path());
+    for fmt in [&["--format", "3"][..], &["--format", "4"], &["--format", "4", "-z"]] {
+        let stream = dir.path().join("stream");
+        let mut args = vec!["--stdout", "--cow", p(&cow), "--data-source", p(&after)];
+        args.extend_from_slice(fmt);
+        let out = run(&args);
+        ok(&out);
+        std::fs::write(&stream, &out.stdout).unwrap();
+        let head = if fmt[1] == "3" { &b"lvmsync PROTO[3]\n"[..] } else { &b"lvmsync PROTO[4]\n"[..] };
+        assert!(out.stdout.starts_with(head));
+        let copy = dir.path().join("copy");
+        common::copy(&before, &copy);
+        ok(&run(&["--apply", p(&stream), p(&copy)]));
+        assert!(common::same(&copy, &after), "format {fmt:?}: copy != origin-after");
+        // The same stream through standard input.
+        common::copy(&before, &copy);
+        ok(&lvmsync()
+            .args(["--apply", "-", p(&copy)])
+            .pipe_stdin(&stream)
+            .unwrap()
+            .output()
+            .unwrap());
+        assert!(common::same(&copy, &after));
+    }
+}
+
+#[test]
+fn direct_local_sync_with_snapback_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cow, before, after) = common::classic_fixture(dir.path());
+    let copy = dir.path().join("copy");
+    let sb = dir.path().join("snapback");
+    common::copy(&before, &copy);
+    ok(&run(&["-q", "--cow", p(&cow), "--data-source", p(&after), p(&copy), "--snapback", p(&sb)]));
+    assert!(common::same(&copy, &after));
+    // A second run must not overwrite the snapback without --force.
+    refused(
+        &run(&["--cow", p(&cow), "--data-source", p(&after), p(&copy), "-b", p(&sb)]),
+        "already exists",
+    );
+    ok(&run(&["--apply", p(&sb), p(&copy)]));
+    assert!(common::same(&copy, &before), "snapback did not restore the snapshot state");
+}
+
+#[test]
+fn destination_too_small_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cow, _, after) = common::classic_fixture(dir.path());
+    let out = run(&["--stdout", "--cow", p(&cow), "--data-source", p(&after)]);
+    ok(&out);
+    let stream = dir.path().join("stream");
+    std::fs::write(&stream, &out.stdout).unwrap();
+    let small = dir.path().join("small");
+    let content = common::pattern(1 << 20, 7);
+    std::fs::write(&small, &content).unwrap();
+    refused(&run(&["--apply", p(&stream), p(&small)]), "smaller than");
+    assert_eq!(std::fs::read(&small).unwrap(), content);
+    // Format 3 has no size in its header: the first record past the end is refused.
+    let out = run(&["--stdout", "--format", "3", "--cow", p(&cow), "--data-source", p(&after)]);
+    std::fs::write(&stream, &out.stdout).unwrap();
+    refused(&run(&["--apply", p(&stream), p(&small)]), "past the end");
+}
+
+#[test]
+fn missing_destination_is_never_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cow, _, after) = common::classic_fixture(dir.path());
+    let dest = dir.path().join("nope");
+    refused(&run(&["--cow", p(&cow), "--data-source", p(&after), p(&dest)]), "nope");
+    assert!(!dest.exists());
+}
+
+#[test]
+fn invalid_and_garbage_stores_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("invalid");
+    StoreWriter { chunk_bytes: 4096, valid: false }.write(&inv, &[1, 2], 4).unwrap();
+    refused(&run(&["changes", "--cow", p(&inv)]), "invalid");
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, common::pattern(1 << 16, 3)).unwrap();
+    refused(&run(&["changes", "--cow", p(&garbage)]), "magic");
+}
+
+/// A small format 4 stream (two data records) from a crafted store.
+fn small_v4_stream(dir: &Path) -> (Vec<u8>, std::path::PathBuf) {
+    let cow = dir.join("small.cow");
+    StoreWriter { chunk_bytes: 512, valid: true }.write(&cow, &[1, 3, 4], 0).unwrap();
+    let origin = dir.join("origin");
+    std::fs::write(&origin, common::pattern(4096, 11)).unwrap();
+    let out = run(&["--stdout", "--cow", p(&cow), "--data-source", p(&origin)]);
+    ok(&out);
+    (out.stdout, origin)
+}
+
+#[test]
+fn format4_cut_anywhere_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stream, _) = small_v4_stream(dir.path());
+    let dest = dir.path().join("dest");
+    std::fs::write(&dest, vec![0u8; 4096]).unwrap();
+    let cut = dir.path().join("cut");
+    for len in 0..stream.len() {
+        std::fs::write(&cut, &stream[..len]).unwrap();
+        let out = run(&["--apply", p(&cut), p(&dest)]);
+        assert!(!out.status.success(), "a stream cut at byte {len} was accepted");
+    }
+    std::fs::write(&cut, &stream).unwrap();
+    ok(&run(&["--apply", p(&cut), p(&dest)]));
+}
+
+#[test]
+fn format4_any_flipped_bit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stream, _) = small_v4_stream(dir.path());
+    let dest = dir.path().join("dest");
+    std::fs::write(&dest, vec![0u8; 4096]).unwrap();
+    let bad = dir.path().join("bad");
+    for bit in 0..stream.len() * 8 {
+        let mut s = stream.clone();
+        s[bit / 8] ^= 1 << (bit % 8);
+        // Every bit through the library's receiver, every 13th through the command too.
+        let res = lvmsync::apply::apply_stream(
+            std::io::Cursor::new(&s),
+            &dest,
+            &lvmsync::apply::ApplyOptions::default(),
+        );
+        assert!(res.is_err(), "a stream with bit {bit} flipped was accepted");
+        if bit % 13 == 0 {
+            std::fs::write(&bad, &s).unwrap();
+            let out = run(&["--apply", p(&bad), p(&dest)]);
+            assert!(!out.status.success(), "lvmsync accepted a stream with bit {bit} flipped");
+        }
+    }
+}
+
+#[test]
+fn format4_trailing_garbage_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut stream, _) = small_v4_stream(dir.path());
+    stream.push(0);
+    let f = dir.path().join("s");
+    std::fs::write(&f, &stream).unwrap();
+    let dest = dir.path().join("dest");
+    std::fs::write(&dest, vec![0u8; 4096]).unwrap();
+    assert!(!run(&["--apply", p(&f), p(&dest)]).status.success());
+}
+
+#[test]
+fn usage_errors_are_one_line() {
+    refused(&run(&["-q", "-v", "--stdout", "/dev/null"]), "--quiet");
+    refused(&run(&["--apply", "x"]), "no destination");
+}
+
+/// Loop devices as the destination (the tests run as root, as the receiver does).
+#[test]
+fn applies_onto_a_loop_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cow, before, after) = common::classic_fixture(dir.path());
+    let backing = dir.path().join("backing");
+    common::copy(&before, &backing);
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show", p(&backing)])
+        .output()
+        .expect("losetup (util-linux) is needed");
+    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+    let loopdev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _guard = Detach(loopdev.clone());
+    let sb = dir.path().join("sb");
+    ok(&run(&["--cow", p(&cow), "--data-source", p(&after), &loopdev, "-b", p(&sb)]));
+    let got = std::fs::read(&loopdev).unwrap();
+    assert!(got == std::fs::read(&after).unwrap(), "loop device != origin-after");
+    ok(&run(&["--apply", p(&sb), &loopdev]));
+    assert!(std::fs::read(&loopdev).unwrap() == std::fs::read(&before).unwrap());
+    // A stream bigger than the device is refused before writing.
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![1u8; 128 << 20]).unwrap();
+    let out = run(&["--stdout", "--cow", p(&cow), "--data-source", p(&big)]);
+    ok(&out);
+    let s = dir.path().join("s");
+    std::fs::write(&s, out.stdout).unwrap();
+    refused(&run(&["--apply", p(&s), &loopdev]), "smaller than");
+    assert!(std::fs::read(&loopdev).unwrap() == std::fs::read(&before).unwrap());
+}

@@ -147,7 +147,11 @@ impl WrittenRanges {
             return Ok(());
         }
         let end = offset + len;
-        let before = self.ranges.range(..=offset).next_back().map(|(&s, &e)| (s, e));
+        let before = self
+            .ranges
+            .range(..=offset)
+            .next_back()
+            .map(|(&s, &e)| (s, e));
         if let Some((_, e)) = before {
             if e > offset {
                 return Err(());
@@ -179,8 +183,15 @@ impl WrittenRanges {
 }
 
 enum Op {
-    Data { offset: u64, start: usize, len: usize },
-    Zero { offset: u64, len: u64 },
+    Data {
+        offset: u64,
+        start: usize,
+        len: usize,
+    },
+    Zero {
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// Records held back until their snapback is durable.
@@ -285,7 +296,10 @@ impl Snapback {
                     path.display()
                 ))
             } else {
-                Error::io(format!("{}: cannot create snapback file", path.display()), e)
+                Error::io(
+                    format!("{}: cannot create snapback file", path.display()),
+                    e,
+                )
             }
         })?;
         let opts = WriterOptions {
@@ -297,7 +311,10 @@ impl Snapback {
                 _ => None,
             },
         };
-        let file = SharedFile(Rc::new(RefCell::new(BufWriter::with_capacity(1 << 20, file))));
+        let file = SharedFile(Rc::new(RefCell::new(BufWriter::with_capacity(
+            1 << 20,
+            file,
+        ))));
         let writer = StreamWriter::new(file.clone(), &opts)?;
         Ok(Snapback {
             path: path.to_owned(),

@@ -72,7 +72,8 @@ fn size_of(path: &Path, file: &File, kind: DeviceKind) -> Result<u64> {
 impl Device {
     /// Opens a data source (or any input) read-only.
     pub fn open_read(path: &Path) -> Result<Device> {
-        let file = File::open(path).ctx(|| format!("{}: cannot open for reading", path.display()))?;
+        let file =
+            File::open(path).ctx(|| format!("{}: cannot open for reading", path.display()))?;
         Self::wrap(path, file)
     }
 

@@ -96,7 +96,12 @@ pub struct SyncArgs {
     #[arg(short = 'z', long)]
     pub compress: bool,
     /// zstd level used with --compress.
-    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
     pub compress_level: i32,
     /// Reads in flight at once while sending.
     #[arg(long, value_name = "N", default_value_t = 32, hide_short_help = true)]
@@ -185,7 +190,11 @@ fn usage(msg: impl Into<String>) -> Error {
 }
 
 fn parse_thin_ids(s: &str) -> Result<(u64, u64)> {
-    let bad = || usage(format!("--thin-ids '{s}': expected SNAP:ORIGIN device ids, e.g. 2:1"));
+    let bad = || {
+        usage(format!(
+            "--thin-ids '{s}': expected SNAP:ORIGIN device ids, e.g. 2:1"
+        ))
+    };
     let (a, b) = s.split_once(':').ok_or_else(bad)?;
     Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?))
 }
@@ -215,11 +224,9 @@ impl Cli {
         if let Some(Command::Changes(c)) = self.command {
             let offline = c.source.offline()?;
             let source = match (offline, c.snapshot) {
-                (Some(_), Some(_)) => {
-                    return Err(usage(
-                        "give either SNAPSHOT or an offline source (--cow, --thin-metadata), not both",
-                    ))
-                }
+                (Some(_), Some(_)) => return Err(usage(
+                    "give either SNAPSHOT or an offline source (--cow, --thin-metadata), not both",
+                )),
                 (Some(s), None) => s,
                 (None, Some(p)) => ChangeSourceSpec::Snapshot(p),
                 (None, None) => return Err(usage("no snapshot specified")),
@@ -232,7 +239,11 @@ impl Cli {
         let a = self.sync;
         let verbosity = match (a.quiet, a.verbose, a.debug) {
             (true, false, false) => Verbosity::Quiet,
-            (true, _, _) => return Err(usage("--quiet cannot be combined with --verbose or --debug")),
+            (true, _, _) => {
+                return Err(usage(
+                    "--quiet cannot be combined with --verbose or --debug",
+                ))
+            }
             (false, _, true) => Verbosity::Debug,
             (false, true, false) => Verbosity::Verbose,
             (false, false, false) => Verbosity::Normal,
@@ -248,7 +259,9 @@ impl Cli {
                 return Err(usage("--apply and --stdout cannot be used together"));
             }
             if a.source.offline()?.is_some() {
-                return Err(usage("--apply takes no change source (--cow, --thin-metadata)"));
+                return Err(usage(
+                    "--apply takes no change source (--cow, --thin-metadata)",
+                ));
             }
             let [dest] = <[String; 1]>::try_from(a.paths).map_err(|p| {
                 if p.is_empty() {
@@ -266,7 +279,9 @@ impl Cli {
             });
         }
         if a.compress && a.format == Format::V3 {
-            return Err(usage("--compress needs --format 4 (format 3 has no compression)"));
+            return Err(usage(
+                "--compress needs --format 4 (format 3 has no compression)",
+            ));
         }
         let offline = a.source.offline()?;
         let mut paths = a.paths.into_iter();
@@ -279,9 +294,11 @@ impl Cli {
                 }
                 s
             }
-            None => ChangeSourceSpec::Snapshot(PathBuf::from(paths.next().ok_or_else(|| {
-                usage("no snapshot specified (do you need --help?)")
-            })?)),
+            None => ChangeSourceSpec::Snapshot(PathBuf::from(
+                paths
+                    .next()
+                    .ok_or_else(|| usage("no snapshot specified (do you need --help?)"))?,
+            )),
         };
         let target = if a.stdout {
             if a.snapback.is_some() {
@@ -289,7 +306,11 @@ impl Cli {
             }
             SendTarget::Stdout
         } else {
-            SendTarget::Dest(paths.next().ok_or_else(|| usage("no destination specified"))?)
+            SendTarget::Dest(
+                paths
+                    .next()
+                    .ok_or_else(|| usage("no destination specified"))?,
+            )
         };
         if let Some(extra) = paths.next() {
             if target != SendTarget::Stdout {
@@ -329,7 +350,11 @@ mod tests {
     fn ruby_forms_parse() {
         match config(&["-v", "-b", "/sb", "/dev/vg/snap", "host:/dev/vg2/lv"]).unwrap() {
             Config::Send {
-                source, target, snapback, verbosity, ..
+                source,
+                target,
+                snapback,
+                verbosity,
+                ..
             } => {
                 assert_eq!(source, ChangeSourceSpec::Snapshot("/dev/vg/snap".into()));
                 assert_eq!(target, SendTarget::Dest("host:/dev/vg2/lv".into()));
@@ -341,7 +366,10 @@ mod tests {
         // Options after positionals, as in Ruby lvmsync's README.
         assert!(matches!(
             config(&["/dev/vg/snap", "host:/dev/x", "--snapback", "/f"]).unwrap(),
-            Config::Send { snapback: Some(_), .. }
+            Config::Send {
+                snapback: Some(_),
+                ..
+            }
         ));
         assert!(matches!(
             config(&["--apply", "-", "/dev/x"]).unwrap(),
@@ -353,14 +381,21 @@ mod tests {
         ));
         assert!(matches!(
             config(&["--stdout", "/dev/vg/snap"]).unwrap(),
-            Config::Send { target: SendTarget::Stdout, .. }
+            Config::Send {
+                target: SendTarget::Stdout,
+                ..
+            }
         ));
     }
 
     #[test]
     fn offline_sources_parse() {
         match config(&["--stdout", "--cow", "c.img", "--data-source", "o.img"]).unwrap() {
-            Config::Send { source, data_source, .. } => {
+            Config::Send {
+                source,
+                data_source,
+                ..
+            } => {
                 assert_eq!(source, ChangeSourceSpec::Cow("c.img".into()));
                 assert_eq!(data_source, Some("o.img".into()));
             }
@@ -369,7 +404,11 @@ mod tests {
         match config(&["changes", "--thin-metadata", "m", "--thin-ids", "2:1"]).unwrap() {
             Config::Changes { source, .. } => assert_eq!(
                 source,
-                ChangeSourceSpec::ThinMetadata { path: "m".into(), snap_id: 2, origin_id: 1 }
+                ChangeSourceSpec::ThinMetadata {
+                    path: "m".into(),
+                    snap_id: 2,
+                    origin_id: 1
+                }
             ),
             c => panic!("{c:?}"),
         }

@@ -82,15 +82,21 @@ pub fn send_changes<W: Write>(
     };
     let mut writer = StreamWriter::new(out, &wopts)?;
     let pieces: Vec<Extent> = changes.extents.pieces(READ_PIECE).collect();
-    read_in_order(&dev, source, &pieces, opts.queue_depth.max(1), |piece, data| {
-        match piece.kind {
-            ExtentKind::Data => writer.data(piece.offset, data)?,
-            ExtentKind::Zero => writer.zero(piece.offset, piece.len)?,
-        }
-        let t = writer.totals();
-        progress(t.data_bytes + t.zero_bytes);
-        Ok(())
-    })?;
+    read_in_order(
+        &dev,
+        source,
+        &pieces,
+        opts.queue_depth.max(1),
+        |piece, data| {
+            match piece.kind {
+                ExtentKind::Data => writer.data(piece.offset, data)?,
+                ExtentKind::Zero => writer.zero(piece.offset, piece.len)?,
+            }
+            let t = writer.totals();
+            progress(t.data_bytes + t.zero_bytes);
+            Ok(())
+        },
+    )?;
     let (out, totals) = writer.finish()?;
     Ok((
         out,

@@ -33,7 +33,11 @@ fn refused(out: &Output, needle: &str) {
     assert!(!out.status.success(), "lvmsync should have failed");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(needle), "stderr lacks '{needle}': {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "error is not one line: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "error is not one line: {err}"
+    );
 }
 
 /// The 4 KiB chunks touched by the writes listed in the fixture's writes.txt, as merged ranges.
@@ -82,19 +86,30 @@ fn changes_lists_exactly_the_written_chunks() {
 fn fixture_stream_applied_onto_before_gives_after() {
     let dir = tempfile::tempdir().unwrap();
     let (cow, before, after) = common::classic_fixture(dir.path());
-    for fmt in [&["--format", "3"][..], &["--format", "4"], &["--format", "4", "-z"]] {
+    for fmt in [
+        &["--format", "3"][..],
+        &["--format", "4"],
+        &["--format", "4", "-z"],
+    ] {
         let stream = dir.path().join("stream");
         let mut args = vec!["--stdout", "--cow", p(&cow), "--data-source", p(&after)];
         args.extend_from_slice(fmt);
         let out = run(&args);
         ok(&out);
         std::fs::write(&stream, &out.stdout).unwrap();
-        let head = if fmt[1] == "3" { &b"lvmsync PROTO[3]\n"[..] } else { &b"lvmsync PROTO[4]\n"[..] };
+        let head = if fmt[1] == "3" {
+            &b"lvmsync PROTO[3]\n"[..]
+        } else {
+            &b"lvmsync PROTO[4]\n"[..]
+        };
         assert!(out.stdout.starts_with(head));
         let copy = dir.path().join("copy");
         common::copy(&before, &copy);
         ok(&run(&["--apply", p(&stream), p(&copy)]));
-        assert!(common::same(&copy, &after), "format {fmt:?}: copy != origin-after");
+        assert!(
+            common::same(&copy, &after),
+            "format {fmt:?}: copy != origin-after"
+        );
         // The same stream through standard input.
         common::copy(&before, &copy);
         ok(&lvmsync()
@@ -114,15 +129,35 @@ fn direct_local_sync_with_snapback_rolls_back() {
     let copy = dir.path().join("copy");
     let sb = dir.path().join("snapback");
     common::copy(&before, &copy);
-    ok(&run(&["-q", "--cow", p(&cow), "--data-source", p(&after), p(&copy), "--snapback", p(&sb)]));
+    ok(&run(&[
+        "-q",
+        "--cow",
+        p(&cow),
+        "--data-source",
+        p(&after),
+        p(&copy),
+        "--snapback",
+        p(&sb),
+    ]));
     assert!(common::same(&copy, &after));
     // A second run must not overwrite the snapback without --force.
     refused(
-        &run(&["--cow", p(&cow), "--data-source", p(&after), p(&copy), "-b", p(&sb)]),
+        &run(&[
+            "--cow",
+            p(&cow),
+            "--data-source",
+            p(&after),
+            p(&copy),
+            "-b",
+            p(&sb),
+        ]),
         "already exists",
     );
     ok(&run(&["--apply", p(&sb), p(&copy)]));
-    assert!(common::same(&copy, &before), "snapback did not restore the snapshot state");
+    assert!(
+        common::same(&copy, &before),
+        "snapback did not restore the snapshot state"
+    );
 }
 
 #[test]
@@ -139,7 +174,15 @@ fn destination_too_small_is_refused_untouched() {
     refused(&run(&["--apply", p(&stream), p(&small)]), "smaller than");
     assert_eq!(std::fs::read(&small).unwrap(), content);
     // Format 3 has no size in its header: the first record past the end is refused.
-    let out = run(&["--stdout", "--format", "3", "--cow", p(&cow), "--data-source", p(&after)]);
+    let out = run(&[
+        "--stdout",
+        "--format",
+        "3",
+        "--cow",
+        p(&cow),
+        "--data-source",
+        p(&after),
+    ]);
     std::fs::write(&stream, &out.stdout).unwrap();
     refused(&run(&["--apply", p(&stream), p(&small)]), "past the end");
 }
@@ -149,7 +192,10 @@ fn missing_destination_is_never_created() {
     let dir = tempfile::tempdir().unwrap();
     let (cow, _, after) = common::classic_fixture(dir.path());
     let dest = dir.path().join("nope");
-    refused(&run(&["--cow", p(&cow), "--data-source", p(&after), p(&dest)]), "nope");
+    refused(
+        &run(&["--cow", p(&cow), "--data-source", p(&after), p(&dest)]),
+        "nope",
+    );
     assert!(!dest.exists());
 }
 
@@ -157,7 +203,12 @@ fn missing_destination_is_never_created() {
 fn invalid_and_garbage_stores_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let inv = dir.path().join("invalid");
-    StoreWriter { chunk_bytes: 4096, valid: false }.write(&inv, &[1, 2], 4).unwrap();
+    StoreWriter {
+        chunk_bytes: 4096,
+        valid: false,
+    }
+    .write(&inv, &[1, 2], 4)
+    .unwrap();
     refused(&run(&["changes", "--cow", p(&inv)]), "invalid");
     let garbage = dir.path().join("garbage");
     std::fs::write(&garbage, common::pattern(1 << 16, 3)).unwrap();
@@ -167,7 +218,12 @@ fn invalid_and_garbage_stores_are_refused() {
 /// A small format 4 stream (two data records) from a crafted store.
 fn small_v4_stream(dir: &Path) -> (Vec<u8>, std::path::PathBuf) {
     let cow = dir.join("small.cow");
-    StoreWriter { chunk_bytes: 512, valid: true }.write(&cow, &[1, 3, 4], 0).unwrap();
+    StoreWriter {
+        chunk_bytes: 512,
+        valid: true,
+    }
+    .write(&cow, &[1, 3, 4], 0)
+    .unwrap();
     let origin = dir.join("origin");
     std::fs::write(&origin, common::pattern(4096, 11)).unwrap();
     let out = run(&["--stdout", "--cow", p(&cow), "--data-source", p(&origin)]);
@@ -185,7 +241,10 @@ fn format4_cut_anywhere_is_refused() {
     for len in 0..stream.len() {
         std::fs::write(&cut, &stream[..len]).unwrap();
         let out = run(&["--apply", p(&cut), p(&dest)]);
-        assert!(!out.status.success(), "a stream cut at byte {len} was accepted");
+        assert!(
+            !out.status.success(),
+            "a stream cut at byte {len} was accepted"
+        );
     }
     std::fs::write(&cut, &stream).unwrap();
     ok(&run(&["--apply", p(&cut), p(&dest)]));
@@ -211,7 +270,10 @@ fn format4_any_flipped_bit_is_refused() {
         if bit % 13 == 0 {
             std::fs::write(&bad, &s).unwrap();
             let out = run(&["--apply", p(&bad), p(&dest)]);
-            assert!(!out.status.success(), "lvmsync accepted a stream with bit {bit} flipped");
+            assert!(
+                !out.status.success(),
+                "lvmsync accepted a stream with bit {bit} flipped"
+            );
         }
     }
 }
@@ -245,19 +307,36 @@ fn applies_onto_a_loop_device() {
         .args(["--find", "--show", p(&backing)])
         .output()
         .expect("losetup (util-linux) is needed");
-    assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let loopdev = String::from_utf8(out.stdout).unwrap().trim().to_string();
     struct Detach(String);
     impl Drop for Detach {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
         }
     }
     let _guard = Detach(loopdev.clone());
     let sb = dir.path().join("sb");
-    ok(&run(&["--cow", p(&cow), "--data-source", p(&after), &loopdev, "-b", p(&sb)]));
+    ok(&run(&[
+        "--cow",
+        p(&cow),
+        "--data-source",
+        p(&after),
+        &loopdev,
+        "-b",
+        p(&sb),
+    ]));
     let got = std::fs::read(&loopdev).unwrap();
-    assert!(got == std::fs::read(&after).unwrap(), "loop device != origin-after");
+    assert!(
+        got == std::fs::read(&after).unwrap(),
+        "loop device != origin-after"
+    );
     ok(&run(&["--apply", p(&sb), &loopdev]));
     assert!(std::fs::read(&loopdev).unwrap() == std::fs::read(&before).unwrap());
     // A stream bigger than the device is refused before writing.

@@ -305,7 +305,10 @@ mod tests {
                 Extent::data(9 * 4096, 10)
             ]
         );
-        assert!(s.changes(9 * 4096).is_err(), "chunk 9 is beyond a 9-chunk origin");
+        assert!(
+            s.changes(9 * 4096).is_err(),
+            "chunk 9 is beyond a 9-chunk origin"
+        );
     }
 
     #[test]
@@ -333,7 +336,8 @@ mod tests {
         // Second exception's new_chunk → huge.
         let f = OpenOptions::new().write(true).open(&p).unwrap();
         use std::os::unix::fs::FileExt;
-        f.write_all_at(&u64::MAX.to_le_bytes(), 4096 + 16 + 8).unwrap();
+        f.write_all_at(&u64::MAX.to_le_bytes(), 4096 + 16 + 8)
+            .unwrap();
         let s = ExceptionStore::open(&p).unwrap();
         assert!(s.old_chunks().is_err());
     }

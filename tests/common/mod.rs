@@ -14,7 +14,12 @@ pub fn fixture(rel: &str) -> PathBuf {
 /// Decompresses a gzipped fixture into `dir` and returns the new file's path.
 pub fn gunzip_fixture(rel: &str, dir: &Path) -> PathBuf {
     let src = fixture(rel);
-    let name = src.file_name().unwrap().to_str().unwrap().trim_end_matches(".gz");
+    let name = src
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(".gz");
     let out = dir.join(name);
     let mut data = Vec::new();
     flate2::read::GzDecoder::new(std::fs::File::open(&src).unwrap())

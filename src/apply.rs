@@ -347,6 +347,7 @@ impl Snapback {
 
     fn make_durable(&mut self) -> Result<()> {
         let ctx = || format!("{}: cannot write snapback", self.path.display());
+        self.writer.flush()?;
         let mut sink = self.file.0.borrow_mut();
         sink.flush().ctx(ctx)?;
         sink.get_ref().sync_data().ctx(ctx)

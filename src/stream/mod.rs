@@ -462,6 +462,13 @@ impl<W: Write> StreamWriter<W> {
         Ok(())
     }
 
+    /// Pushes everything written so far through to the sink and flushes it, so that the caller
+    /// can make it durable (a snapback is made durable before the data it saves is overwritten).
+    pub fn flush(&mut self) -> Result<(), StreamError> {
+        self.sink.flush()?;
+        Ok(())
+    }
+
     pub fn totals(&self) -> StreamTotals {
         self.totals
     }

@@ -13,6 +13,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::send::{send_changes, SendOptions, SendReport};
 use crate::source::cow::ExceptionStore;
 use crate::source::ChangeSet;
+use crate::transport::{parse_destination, Destination, RemoteApply, RemoteOptions};
 
 pub fn run(config: Config) -> Result<()> {
     match config {
@@ -87,8 +88,9 @@ fn run_send(config: Config) -> Result<()> {
         queue_depth,
         snapback,
         force,
+        rsh,
+        remote_path,
         verbosity,
-        ..
     } = config
     else {
         unreachable!()
@@ -113,14 +115,35 @@ fn run_send(config: Config) -> Result<()> {
             out.flush().ctx(|| "stdout".into())?;
             report
         }
-        SendTarget::Dest(dest) => {
-            let dest = PathBuf::from(dest);
-            let apply_opts = ApplyOptions {
-                snapback: snapback.map(PathBuf::from),
-                force,
-            };
-            send_local(&changes, &data_path, &dest, &opts, &apply_opts, &progress)?.0
-        }
+        SendTarget::Dest(dest) => match parse_destination(&dest) {
+            Destination::Local(dest) => {
+                let apply_opts = ApplyOptions {
+                    snapback: snapback.map(PathBuf::from),
+                    force,
+                };
+                send_local(&changes, &data_path, &dest, &opts, &apply_opts, &progress)?.0
+            }
+            Destination::Remote { host, path } => {
+                let remote_opts = RemoteOptions {
+                    rsh,
+                    remote_path,
+                    snapback,
+                    force,
+                    verbose: verbosity >= Verbosity::Verbose,
+                    quiet: verbosity == Verbosity::Quiet,
+                    debug: verbosity == Verbosity::Debug,
+                };
+                send_remote(
+                    &changes,
+                    &data_path,
+                    &host,
+                    &path,
+                    &opts,
+                    &remote_opts,
+                    &progress,
+                )?
+            }
+        },
     };
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -166,6 +189,54 @@ fn send_local(
         let applied = applied?;
         Ok((sent?, applied))
     })
+}
+
+/// Sends to `lvmsync --apply -` on another host. When anything fails, the remote's own account
+/// (its exit status, relayed stderr) comes first: a broken pipe here is only the symptom.
+fn send_remote(
+    changes: &ChangeSet,
+    data_path: &Path,
+    host: &str,
+    dest: &str,
+    opts: &SendOptions,
+    remote_opts: &RemoteOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<SendReport> {
+    let mut remote = RemoteApply::spawn(host, dest, remote_opts)?;
+    let sent = send_changes(
+        changes,
+        data_path,
+        BufWriter::with_capacity(1 << 20, remote.input()),
+        opts,
+        progress,
+    )
+    .and_then(|(mut w, r)| {
+        w.flush().ctx(|| format!("stream to {host}"))?;
+        Ok(r)
+    });
+    match sent {
+        Ok(report) => {
+            remote.finish()?;
+            Ok(report)
+        }
+        Err(e) if is_broken_pipe(&e) => {
+            remote.finish()?;
+            Err(Error::Invalid(format!(
+                "the connection to {host} closed before the stream was complete"
+            )))
+        }
+        // Our own failure: dropping `remote` kills the remote shell before it sees a clean end.
+        Err(e) => Err(e),
+    }
+}
+
+fn is_broken_pipe(e: &Error) -> bool {
+    let io = match e {
+        Error::Io { source, .. } => source,
+        Error::Stream(crate::stream::StreamError::Io(source)) => source,
+        _ => return false,
+    };
+    io.kind() == io::ErrorKind::BrokenPipe
 }
 
 fn progress_bar(verbosity: Verbosity, total: u64) -> Option<ProgressBar> {

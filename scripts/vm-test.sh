@@ -1,0 +1,9 @@
+#!/bin/bash
+# vm-test.sh - build the release lvmsync and run every real-LVM scenario in
+# the QEMU test VM (tests/vm/run-scenarios.sh).  Arguments are passed on
+# (scenario names).  Exit status 0 only if every scenario passed.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+cargo build --release --bin lvmsync
+VMTEST_LVMSYNC=${VMTEST_LVMSYNC:-$REPO/target/release/lvmsync} exec tests/vm/run-scenarios.sh "$@"

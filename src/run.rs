@@ -10,8 +10,10 @@ use crate::apply::{apply_stream, ApplyOptions, ApplyReport};
 use crate::blockdev::Device;
 use crate::cli::{ChangeSourceSpec, Config, SendTarget, Verbosity};
 use crate::error::{Error, IoContext, Result};
+use crate::lvm::{self, ClassicSnapshot, Snapshot, ThinSnapshot};
 use crate::send::{send_changes, SendOptions, SendReport};
 use crate::source::cow::ExceptionStore;
+use crate::source::thin::{self, MetadataRoot, MetadataSnapGuard};
 use crate::source::ChangeSet;
 use crate::transport::{parse_destination, Destination, RemoteApply, RemoteOptions};
 
@@ -44,33 +46,99 @@ pub fn run(config: Config) -> Result<()> {
     }
 }
 
-/// The change list and the device to read changed data from.
-fn resolve_changes(
-    source: &ChangeSourceSpec,
-    data_source: Option<&Path>,
-) -> Result<(ChangeSet, Option<PathBuf>)> {
+/// The change list, the device to read changed data from, and the live classic snapshot it came
+/// from (checked again once the data is sent).
+type Resolved = (ChangeSet, Option<PathBuf>, Option<ClassicSnapshot>);
+
+fn resolve_changes(source: &ChangeSourceSpec, data_source: Option<&Path>) -> Result<Resolved> {
     let data_bytes = match data_source {
         Some(p) => Some(Device::open_read(p)?.size),
         None => None,
     };
+    let data_path = data_source.map(Path::to_owned);
     match source {
         ChangeSourceSpec::Cow(path) => {
             let store = ExceptionStore::open(path)?;
             let changes = store.changes(data_bytes.unwrap_or(u64::MAX))?;
-            Ok((changes, data_source.map(Path::to_owned)))
+            Ok((changes, data_path, None))
         }
-        ChangeSourceSpec::ThinMetadata { .. } => Err(Error::Invalid(
-            "--thin-metadata is not supported by this build".into(),
-        )),
-        ChangeSourceSpec::Snapshot(path) => Err(Error::Invalid(format!(
-            "{}: live snapshots are not supported by this build; use --cow or --thin-metadata",
-            path.display()
-        ))),
+        ChangeSourceSpec::ThinMetadata {
+            path,
+            snap_id,
+            origin_id,
+        } => {
+            let delta = thin::delta(path, *snap_id, *origin_id, MetadataRoot::Superblock)?;
+            let volume_bytes = data_bytes.unwrap_or(u64::MAX);
+            let mut extents = delta.extents;
+            extents.clamp(volume_bytes);
+            let changes = ChangeSet {
+                extents,
+                chunk_bytes: delta.data_block_bytes,
+                volume_bytes,
+            };
+            Ok((changes, data_path, None))
+        }
+        ChangeSourceSpec::Snapshot(path) => match lvm::discover_snapshot(path)? {
+            Snapshot::Classic(snap) => {
+                let changes = classic_changes(&snap)?;
+                let data = data_path.unwrap_or_else(|| snap.origin.clone());
+                Ok((changes, Some(data), Some(snap)))
+            }
+            Snapshot::Thin(snap) => {
+                let changes = thin_changes(&snap)?;
+                Ok((changes, Some(data_path.unwrap_or(snap.origin)), None))
+            }
+        },
     }
 }
 
+/// Reads a live classic snapshot's exception store. The snapshot is checked before and after:
+/// one that overflowed has an incomplete change list.
+fn classic_changes(snap: &ClassicSnapshot) -> Result<ChangeSet> {
+    lvm::check_classic_usable(snap)?;
+    let store = ExceptionStore::open(&snap.cow)?;
+    if store.chunk_bytes() != snap.chunk_bytes {
+        return Err(Error::Invalid(format!(
+            "{}: exception store chunk size {} differs from the snapshot table's {}",
+            snap.name,
+            store.chunk_bytes(),
+            snap.chunk_bytes
+        )));
+    }
+    let changes = store.changes(snap.origin_bytes)?;
+    lvm::check_classic_usable(snap)?;
+    Ok(changes)
+}
+
+/// Reads a live thin snapshot's difference from its origin through a metadata snapshot, which
+/// is released as soon as the mappings are read (and on every error or signal).
+fn thin_changes(snap: &ThinSnapshot) -> Result<ChangeSet> {
+    let guard = MetadataSnapGuard::reserve(&snap.pool_dm_name)?;
+    let delta = thin::delta(
+        &snap.metadata,
+        snap.snap_id,
+        snap.origin_id,
+        MetadataRoot::HeldSnapshot(Some(guard.held_root())),
+    );
+    guard.release()?;
+    let delta = delta?;
+    if delta.data_block_bytes != snap.block_bytes {
+        return Err(Error::Invalid(format!(
+            "{}: pool metadata says {}-byte blocks, LVM says {}",
+            snap.name, delta.data_block_bytes, snap.block_bytes
+        )));
+    }
+    let mut extents = delta.extents;
+    extents.clamp(snap.origin_bytes);
+    Ok(ChangeSet {
+        extents,
+        chunk_bytes: delta.data_block_bytes,
+        volume_bytes: snap.origin_bytes,
+    })
+}
+
 fn run_changes(source: &ChangeSourceSpec, data_source: Option<&Path>) -> Result<()> {
-    let (changes, _) = resolve_changes(source, data_source)?;
+    let (changes, _, _) = resolve_changes(source, data_source)?;
     let mut out = BufWriter::new(io::stdout().lock());
     for e in &changes.extents {
         writeln!(out, "{} {} {}", e.offset, e.len, e.kind).ctx(|| "stdout".into())?;
@@ -95,7 +163,7 @@ fn run_send(config: Config) -> Result<()> {
     else {
         unreachable!()
     };
-    let (changes, data_path) = resolve_changes(&source, data_source.as_deref())?;
+    let (changes, data_path, classic) = resolve_changes(&source, data_source.as_deref())?;
     let data_path = data_path.ok_or_else(|| Error::Invalid("no data source".into()))?;
     let opts = SendOptions {
         format,
@@ -147,6 +215,14 @@ fn run_send(config: Config) -> Result<()> {
     };
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    if let Some(snap) = classic {
+        // Overflowing now means the origin was written while we read it.
+        lvm::check_classic_usable(&snap).map_err(|e| {
+            Error::Invalid(format!(
+                "{e}; it overflowed during the sync, so the origin was being written: the destination may not match"
+            ))
+        })?;
     }
     if verbosity >= Verbosity::Normal {
         print_send_report(&report, &changes);

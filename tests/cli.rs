@@ -349,3 +349,38 @@ fn applies_onto_a_loop_device() {
     refused(&run(&["--apply", p(&s), &loopdev]), "smaller than");
     assert!(std::fs::read(&loopdev).unwrap() == std::fs::read(&before).unwrap());
 }
+
+#[test]
+fn changes_from_thin_metadata_follow_thin_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = common::gunzip_fixture("thin/tmeta.img.gz", dir.path());
+    let out = run(&["changes", "--thin-metadata", p(&meta), "--thin-ids", "2:1"]);
+    ok(&out);
+    // thin_delta --snap1 2 --snap2 1, in 64 KiB blocks: every range but <same> must be listed.
+    let xml = std::fs::read_to_string(common::fixture("thin/thin_delta.xml")).unwrap();
+    let attr = |line: &str, name: &str| -> u64 {
+        let at = line.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        line[at..].split('"').next().unwrap().parse().unwrap()
+    };
+    let mut expected = Vec::new();
+    for line in xml.lines().map(str::trim) {
+        let kind = match line.split_whitespace().next() {
+            Some("<different" | "<right_only") => "data",
+            Some("<left_only") => "zero",
+            _ => continue,
+        };
+        let (b, l) = (attr(line, "begin"), attr(line, "length"));
+        expected.push(format!("{} {} {kind}", b * 65536, l * 65536));
+    }
+    assert!(!expected.is_empty());
+    let got: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(got, expected);
+    refused(
+        &run(&["changes", "--thin-metadata", p(&meta), "--thin-ids", "2:9"]),
+        "not found",
+    );
+}

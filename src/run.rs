@@ -179,8 +179,18 @@ fn run_send(config: Config) -> Result<()> {
     let report = match target {
         SendTarget::Stdout => {
             let out = BufWriter::with_capacity(1 << 20, io::stdout().lock());
-            let (mut out, report) = send_changes(&changes, &data_path, out, &opts, &progress)?;
-            out.flush().ctx(|| "stdout".into())?;
+            let closed = |e: Error| {
+                if is_broken_pipe(&e) {
+                    Error::Invalid("standard output closed before the stream was complete".into())
+                } else {
+                    e
+                }
+            };
+            let (mut out, report) =
+                send_changes(&changes, &data_path, out, &opts, &progress).map_err(closed)?;
+            out.flush()
+                .ctx(|| "standard output".into())
+                .map_err(closed)?;
             report
         }
         SendTarget::Dest(dest) => match parse_destination(&dest) {

@@ -234,3 +234,93 @@ fn compression_is_refused() {
         .unwrap_err();
     assert!(matches!(err, StreamError::Unsupported(_)), "{err}");
 }
+
+#[test]
+fn offset_overflow_is_refused() {
+    let mut bytes = b"lvmsync PROTO[3]\n".to_vec();
+    bytes.extend_from_slice(&(u64::MAX - 1).to_be_bytes());
+    bytes.extend_from_slice(&4u32.to_be_bytes());
+    bytes.extend_from_slice(&[0; 4]);
+    let m = corrupt_message(&bytes);
+    assert!(
+        m.contains("at stream byte 17") && m.contains("overflows"),
+        "{m}"
+    );
+}
+
+/// A source that fails after handing out some bytes.
+struct FailingAfter(Vec<u8>);
+
+impl std::io::Read for FailingAfter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "peer went away",
+            ));
+        }
+        let n = buf.len().min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0.drain(..n);
+        Ok(n)
+    }
+}
+
+#[test]
+fn read_errors_keep_their_kind_and_say_where() {
+    let mut r = StreamReader::open(FailingAfter(worked_example_bytes()[..40].to_vec())).unwrap();
+    match r.next_record() {
+        Err(StreamError::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
+            assert!(e.to_string().contains("at byte 40"), "{e}");
+        }
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any records, in any order, come back as written (zero ranges as zero-filled data).
+        #[test]
+        fn round_trip(recs in prop::collection::vec(
+            (0u64..1 << 50, prop_oneof![
+                prop::collection::vec(any::<u8>(), 1..3000).prop_map(Ok),
+                (1u64..20_000).prop_map(Err),
+            ]),
+            0..10,
+        )) {
+            let bytes = write_v3(|w| {
+                for (off, r) in &recs {
+                    match r {
+                        Ok(d) => w.data(*off, d).unwrap(),
+                        Err(len) => w.zero(*off, *len).unwrap(),
+                    }
+                }
+            });
+            let expected: Vec<(u64, Vec<u8>)> = recs
+                .iter()
+                .map(|(off, r)| match r {
+                    Ok(d) => (*off, d.clone()),
+                    Err(len) => (*off, vec![0; *len as usize]),
+                })
+                .collect();
+            prop_assert_eq!(read_all(&bytes).unwrap(), expected);
+            // Cutting anywhere but a record boundary is refused.
+            let mut boundaries = vec![17usize];
+            for (_, r) in &recs {
+                let len = match r { Ok(d) => d.len(), Err(l) => *l as usize };
+                boundaries.push(boundaries.last().unwrap() + 12 + len);
+            }
+            for cut in [18, bytes.len() / 2, bytes.len().saturating_sub(1)] {
+                if cut < bytes.len() && !boundaries.contains(&cut) {
+                    prop_assert!(read_all(&bytes[..cut]).is_err());
+                }
+            }
+        }
+    }
+}

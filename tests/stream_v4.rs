@@ -694,6 +694,14 @@ mod props {
         }
 
         #[test]
+        fn random_cut_is_refused(recs in records(), pos in any::<prop::sample::Index>(), level in prop::option::of(1i32..4)) {
+            let o = opts(end_of(&recs), level);
+            let (bytes, _) = write(&o, &recs);
+            let cut = pos.index(bytes.len());
+            prop_assert!(read_all(&bytes[..cut]).is_err());
+        }
+
+        #[test]
         fn random_damage_is_refused(recs in records(), pos in any::<prop::sample::Index>(), xor in 1u8..=255) {
             let o = opts(end_of(&recs), Some(1));
             let (mut bytes, _) = write(&o, &recs);

@@ -504,7 +504,11 @@ impl<R: Read> Input<R> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.pos += n as u64;
-                    return Err(e);
+                    // Keep the kind (callers tell broken pipes apart), add the position.
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("reading the stream at byte {}: {e}", self.pos),
+                    ));
                 }
             }
         }

@@ -15,6 +15,8 @@
 #   fill_pattern DEV SIZE SEED  write SIZE (e.g. 32M) of deterministic data
 #   write_at DEV OFFSET LEN TAG write LEN bytes ("TAG\n" repeated) at OFFSET and
 #                               record "OFFSET LEN TAG" in $WRITES
+#   write_every DEV FIRST STRIDE COUNT LEN TAG  COUNT writes of LEN bytes at
+#                               FIRST, FIRST+STRIDE, ... (recorded like write_at)
 #   same_content DEV1 DEV2      byte-compare two devices/files (on the host,
 #                               after the run: see below)
 #   same_md5 DEV1 DEV2          compare in the guest through MD5 (slow)
@@ -144,6 +146,19 @@ write_at() {
 # seconds per MiB-ten under TCG; a raw copy costs almost nothing): both are
 # copied onto the export disk and the pair is queued in $VMTEST_HOSTCHECKS.
 # A mismatch turns the scenario into FAIL in the host's report.
+write_every() {
+  yes "$6" | head -c "$5" > "$TMP/write.bin"
+  echo "+ $4 writes of $5 bytes ($6) to $1 every $3 bytes from $2" >&2
+  _i=0
+  while [ $_i -lt "$4" ]; do
+    _off=$(($2 + _i * $3))
+    dd if="$TMP/write.bin" of="$1" bs="$5" count=1 seek="$_off" oflag=seek_bytes \
+      conv=notrunc status=none || fail "write $1 at $_off"
+    echo "$_off $5 $6" >> "$WRITES"
+    _i=$((_i + 1))
+  done
+}
+
 same_content() {
   _s1=$(_size "$1")
   _s2=$(_size "$2")

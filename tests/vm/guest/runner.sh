@@ -9,7 +9,7 @@
 . /vmtest/config
 : "${VMTEST_NSCRATCH:=4}"
 export VMTEST_CMD_TIMEOUT VMTEST_SHOW
-export VMTEST_LIB=/vmtest/lib.sh
+export VMTEST_LIB=/vmtest/lib.sh VMTEST_SCENARIOS_DIR=/vmtest/scenarios
 O=/out
 mkdir -p $O/scenarios
 

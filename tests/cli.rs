@@ -391,7 +391,15 @@ fn closed_stdout_is_an_error() {
     let (cow, _, after) = common::classic_fixture(dir.path());
     for format in ["3", "4"] {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lvmsync"))
-            .args(["--stdout", "--format", format, "--cow", p(&cow), "--data-source", p(&after)])
+            .args([
+                "--stdout",
+                "--format",
+                format,
+                "--cow",
+                p(&cow),
+                "--data-source",
+                p(&after),
+            ])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -401,7 +409,10 @@ fn closed_stdout_is_an_error() {
         std::io::Read::read_exact(&mut out, &mut head).unwrap();
         drop(out);
         let res = child.wait_with_output().unwrap();
-        assert!(!res.status.success(), "format {format}: exit 0 on a closed pipe");
+        assert!(
+            !res.status.success(),
+            "format {format}: exit 0 on a closed pipe"
+        );
         assert!(String::from_utf8_lossy(&res.stderr).contains("closed before"));
     }
 }

@@ -165,6 +165,24 @@ fn run_send(config: Config) -> Result<()> {
     };
     let (changes, data_path, classic) = resolve_changes(&source, data_source.as_deref())?;
     let data_path = data_path.ok_or_else(|| Error::Invalid("no data source".into()))?;
+    if verbosity >= Verbosity::Verbose {
+        eprintln!(
+            "lvmsync: {} changed ranges, {} in {}-byte chunks of a {} volume; data source: {}",
+            changes.extents.len(),
+            HumanBytes(changes.extents.total_bytes()),
+            changes.chunk_bytes,
+            HumanBytes(changes.volume_bytes),
+            data_path.display()
+        );
+    }
+    if verbosity == Verbosity::Debug {
+        if let Some(snap) = &classic {
+            eprintln!("lvmsync: {snap:?}");
+        }
+        for e in &changes.extents {
+            eprintln!("lvmsync: change {} +{} {}", e.offset, e.len, e.kind);
+        }
+    }
     let opts = SendOptions {
         format,
         compress,

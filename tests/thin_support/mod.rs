@@ -220,3 +220,129 @@ pub fn set_value(b: &mut [u8], i: usize, v: u64) {
     let off = 32 + 8 * max + 8 * i;
     b[off..off + 8].copy_from_slice(&v.to_le_bytes());
 }
+
+/// Copy-on-write editing of restored metadata, the way the kernel changes a device after a
+/// snapshot: a write copies the path from the root to the changed leaf into fresh blocks and
+/// leaves every other node shared with the snapshot. Fresh blocks come from the end of the
+/// metadata file, which thin_restore leaves unused.
+pub struct CowEditor {
+    pub meta: PathBuf,
+    next_free: u64,
+    /// Blocks this editor created (already private to the edited device: changed in place).
+    owned: std::collections::HashSet<u64>,
+}
+
+impl CowEditor {
+    pub fn new(meta: &Path) -> Self {
+        let len = std::fs::metadata(meta).unwrap().len();
+        CowEditor {
+            meta: meta.to_path_buf(),
+            next_free: len / BLOCK as u64 - 1,
+            owned: Default::default(),
+        }
+    }
+
+    pub fn alloc(&mut self) -> u64 {
+        let b = self.next_free;
+        self.next_free -= 1;
+        b
+    }
+
+    fn superblock_roots(&self) -> (u64, Vec<u8>) {
+        let sb = read_block(&self.meta, 0);
+        (le64(&sb, 320), sb)
+    }
+
+    /// Root of `dev`'s mapping tree (the top-level tree of these small pools is one leaf).
+    pub fn device_root(&self, dev: u64) -> u64 {
+        let (top, _) = self.superblock_roots();
+        let (leaf, keys, vals) = node_entries(&read_block(&self.meta, top));
+        assert!(leaf, "top-level mapping tree is not a single leaf");
+        vals[keys
+            .iter()
+            .position(|&k| k == dev)
+            .expect("device in top-level tree")]
+    }
+
+    /// Points `dev` at `root` in the top-level tree (changed in place).
+    pub fn set_device_root(&mut self, dev: u64, root: u64) {
+        let (top, _) = self.superblock_roots();
+        let mut b = read_block(&self.meta, top);
+        let (_, keys, _) = node_entries(&b);
+        let i = keys.iter().position(|&k| k == dev).unwrap();
+        set_value(&mut b, i, root);
+        write_block(&self.meta, top, &mut b, NODE_SALT);
+    }
+
+    /// Sets (`Some(value)`) or removes (`None`) `key` in the tree at `root`, copying shared nodes
+    /// on the way. Returns the new root, or None when the edit was not possible without splitting
+    /// or rebalancing (a full leaf, a key below a leaf's first key, a leaf's last entry).
+    pub fn write(&mut self, root: u64, key: u64, value: Option<u64>) -> Option<u64> {
+        let mut path: Vec<(u64, Vec<u8>, usize)> = Vec::new();
+        let mut block = root;
+        loop {
+            let b = read_block(&self.meta, block);
+            let (leaf, keys, vals) = node_entries(&b);
+            if leaf {
+                path.push((block, b, 0));
+                break;
+            }
+            let i = keys.partition_point(|&k| k <= key).saturating_sub(1);
+            path.push((block, b, i));
+            block = vals[i];
+        }
+        let (_, leaf, _) = path.last_mut().unwrap();
+        let (_, keys, vals) = node_entries(leaf);
+        let max = le32(leaf, 20) as usize;
+        let pos = keys.partition_point(|&k| k < key);
+        let exists = keys.get(pos) == Some(&key);
+        let (mut keys, mut vals) = (keys, vals);
+        match value {
+            Some(v) if exists => vals[pos] = v,
+            Some(v) if keys.len() < max && pos > 0 => {
+                keys.insert(pos, key);
+                vals.insert(pos, v);
+            }
+            None if exists && keys.len() > 1 && pos > 0 => {
+                keys.remove(pos);
+                vals.remove(pos);
+            }
+            _ => return None,
+        }
+        set_leaf_entries(leaf, &keys, &vals);
+        // Write bottom-up, copying every node not yet private; each parent then points at the
+        // new copy of the child it was descended through (index `i`).
+        let mut new_child: Option<u64> = None;
+        for (block, mut b, i) in path.into_iter().rev() {
+            if let Some(c) = new_child {
+                set_value(&mut b, i, c);
+            }
+            let target = if self.owned.contains(&block) {
+                block
+            } else {
+                let n = self.alloc();
+                self.owned.insert(n);
+                n
+            };
+            write_block(&self.meta, target, &mut b, NODE_SALT);
+            new_child = Some(target);
+        }
+        new_child
+    }
+}
+
+/// Rewrites a leaf buffer's entries (8-byte values).
+pub fn set_leaf_entries(b: &mut [u8], keys: &[u64], vals: &[u64]) {
+    let max = le32(b, 20) as usize;
+    b[16..20].copy_from_slice(&(keys.len() as u32).to_le_bytes());
+    for i in 0..max {
+        let (k, v) = if i < keys.len() {
+            (keys[i], vals[i])
+        } else {
+            (0, 0)
+        };
+        b[32 + 8 * i..40 + 8 * i].copy_from_slice(&k.to_le_bytes());
+        let off = 32 + 8 * max + 8 * i;
+        b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    }
+}

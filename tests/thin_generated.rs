@@ -1,0 +1,314 @@
+//! The native thin delta against thin_delta (thin-provisioning-tools) on metadata built by
+//! thin_restore from generated mappings, and on copy-on-write edits that share subtrees the way
+//! a kernel snapshot does.
+
+mod thin_support;
+
+use std::path::Path;
+
+use lvmsync::extent::{Extent, ExtentList};
+use lvmsync::source::thin::{self, MetadataRoot, ThinError};
+use thin_support::*;
+
+const DATA_BLOCK_SIZE: u32 = 128;
+const BLOCK_BYTES: u64 = DATA_BLOCK_SIZE as u64 * 512;
+
+/// splitmix64: a small deterministic generator, so every case can be reproduced from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// True with probability `pct` percent.
+    fn chance(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+}
+
+/// What the delta must be, computed straight from the two mapping sets.
+fn model_delta(snap: &DeviceMap, origin: &DeviceMap) -> ExtentList {
+    let mut out = Vec::new();
+    for (&b, &(d, _)) in origin {
+        if snap.get(&b).map(|&(sd, _)| sd) != Some(d) {
+            out.push(Extent::data(b * BLOCK_BYTES, BLOCK_BYTES));
+        }
+    }
+    for &b in snap.keys() {
+        if !origin.contains_key(&b) {
+            out.push(Extent::zero(b * BLOCK_BYTES, BLOCK_BYTES));
+        }
+    }
+    ExtentList::from_extents(out)
+}
+
+/// A snapshot mapping set over `range` blocks and an origin derived from it by remapping,
+/// discarding and new writes (percentages).
+fn generate(
+    rng: &mut Rng,
+    range: u64,
+    fill: u64,
+    remap: u64,
+    discard: u64,
+    add: u64,
+) -> (DeviceMap, DeviceMap, u64) {
+    let mut next_data = 0u64;
+    let mut snap = DeviceMap::new();
+    for b in 0..range {
+        if rng.chance(fill) {
+            if rng.chance(10) {
+                next_data += rng.below(50); // break data runs now and then
+            }
+            snap.insert(b, (next_data, 0));
+            next_data += 1;
+        }
+    }
+    let mut origin = DeviceMap::new();
+    for b in 0..range {
+        match snap.get(&b) {
+            Some(&m) => {
+                if rng.chance(discard) {
+                    continue;
+                }
+                if rng.chance(remap) {
+                    origin.insert(b, (next_data, 1));
+                    next_data += 1;
+                } else {
+                    origin.insert(b, m);
+                }
+            }
+            None if rng.chance(add) => {
+                origin.insert(b, (next_data, 1));
+                next_data += 1;
+            }
+            None => {}
+        }
+    }
+    (snap, origin, next_data + 1)
+}
+
+fn check_case(
+    dir: &Path,
+    name: &str,
+    snap_id: u64,
+    origin_id: u64,
+    snap: &DeviceMap,
+    origin: &DeviceMap,
+    nr_data: u64,
+) {
+    let xml = dump_xml(
+        DATA_BLOCK_SIZE,
+        nr_data,
+        &[(origin_id, origin), (snap_id, snap)],
+    );
+    let meta = restore(&xml, dir, name, 64);
+    let (oracle_bytes, oracle) = thin_delta(&meta, snap_id, origin_id);
+    let native = thin::delta(&meta, snap_id, origin_id, MetadataRoot::Superblock).unwrap();
+    assert_eq!(oracle_bytes, BLOCK_BYTES);
+    assert_eq!(native.data_block_bytes, BLOCK_BYTES);
+    assert_eq!(native.extents, oracle, "{name}: native vs thin_delta");
+    assert_eq!(
+        native.extents,
+        model_delta(snap, origin),
+        "{name}: native vs model"
+    );
+    // The other direction turns origin-only blocks into zeros and vice versa.
+    let back = thin::delta(&meta, origin_id, snap_id, MetadataRoot::Superblock).unwrap();
+    assert_eq!(
+        back.extents,
+        thin_delta(&meta, origin_id, snap_id).1,
+        "{name}: reversed"
+    );
+}
+
+#[test]
+fn random_mapping_sets_match_thin_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    for seed in 0..24u64 {
+        let mut rng = Rng(seed);
+        let range = [40, 600, 3000, 12000][seed as usize % 4];
+        let fill = [100, 90, 50, 5][(seed / 4) as usize % 4];
+        let (remap, discard, add) = (rng.below(20), rng.below(10), rng.below(20));
+        let (snap, origin, nr_data) = generate(&mut rng, range, fill, remap, discard, add);
+        let (s, o) = (seed % 7 + 1, seed % 7 + 10);
+        check_case(
+            dir.path(),
+            &format!("seed{seed}"),
+            s,
+            o,
+            &snap,
+            &origin,
+            nr_data,
+        );
+    }
+}
+
+#[test]
+fn identical_disjoint_and_empty_devices_match_thin_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(99);
+    let (snap, _, nr) = generate(&mut rng, 2000, 70, 0, 0, 0);
+    let empty = DeviceMap::new();
+    // Same contents in separately built trees: nothing differs.
+    check_case(dir.path(), "same", 1, 2, &snap, &snap.clone(), nr);
+    // Everything discarded in the origin: all zeros.
+    check_case(dir.path(), "discarded", 1, 2, &snap, &empty, nr);
+    // A new origin written from scratch against an empty snapshot: all data.
+    check_case(dir.path(), "fresh", 1, 2, &empty, &snap, nr);
+    check_case(dir.path(), "both-empty", 1, 2, &empty, &empty, 1);
+    // Disjoint block ranges.
+    let shifted: DeviceMap = snap.iter().map(|(&b, &m)| (b + 5000, m)).collect();
+    check_case(dir.path(), "disjoint", 1, 2, &snap, &shifted, nr);
+}
+
+#[test]
+fn multi_level_trees_match_thin_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(7);
+    // ~150k mappings: several hundred leaves under internal nodes.
+    let (snap, origin, nr) = generate(&mut rng, 200_000, 75, 1, 1, 2);
+    check_case(dir.path(), "large", 3, 4, &snap, &origin, nr);
+}
+
+/// Builds a pool where device 2 is a copy-on-write descendant of device 1 (as after
+/// `lvcreate -s` and writes to one of them): returns the metadata path and the model maps.
+fn shared_pool(dir: &Path, writes: usize, seed: u64) -> (std::path::PathBuf, DeviceMap, DeviceMap) {
+    let mut rng = Rng(seed);
+    let (snap, _, nr) = generate(&mut rng, 120_000, 80, 0, 0, 0);
+    let mut placeholder = DeviceMap::new();
+    placeholder.insert(0, (0, 0));
+    let xml = dump_xml(
+        DATA_BLOCK_SIZE,
+        nr + 10 * writes as u64 + 10,
+        &[(1, &snap), (2, &placeholder)],
+    );
+    let meta = restore(&xml, dir, &format!("shared{seed}"), 64);
+    let mut ed = CowEditor::new(&meta);
+    let mut root = ed.device_root(1);
+    let mut origin = snap.clone();
+    let mut next_data = nr;
+    let mut applied = 0;
+    while applied < writes {
+        let key = rng.below(121_000);
+        let value = match rng.below(3) {
+            0 => None,
+            _ => {
+                next_data += 1;
+                Some(next_data)
+            }
+        };
+        if let Some(r) = ed.write(root, key, value.map(|d| d << 24 | 1)) {
+            root = r;
+            match value {
+                Some(d) => origin.insert(key, (d, 1)),
+                None => origin.remove(&key),
+            };
+            applied += 1;
+        }
+    }
+    ed.set_device_root(2, root);
+    (meta, snap, origin)
+}
+
+#[test]
+fn shared_subtrees_are_skipped_and_the_delta_matches_thin_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    for (seed, writes) in [(1u64, 1usize), (2, 5), (3, 40)] {
+        let (meta, snap, origin) = shared_pool(dir.path(), writes, seed);
+        let (native, stats) =
+            thin::delta_with_stats(&meta, 1, 2, MetadataRoot::Superblock).unwrap();
+        assert_eq!(native.extents, thin_delta(&meta, 1, 2).1, "seed {seed}");
+        assert_eq!(native.extents, model_delta(&snap, &origin), "seed {seed}");
+        // A full walk reads every leaf of both trees; the skipping diff reads the superblock,
+        // the top-level tree, the leftmost paths (tree heights) and the changed paths only.
+        let leaves = (snap.len() as u64).div_ceil(252);
+        let height = 3;
+        let bound = 1 + 2 + 2 * height + 2 * height * writes as u64;
+        assert!(stats.shared_subtrees_skipped > 0, "{stats:?}");
+        assert!(
+            stats.blocks_read <= bound,
+            "seed {seed}: read {} blocks for {writes} writes (bound {bound}, {leaves}+ leaves)",
+            stats.blocks_read
+        );
+        let back = thin::delta(&meta, 2, 1, MetadataRoot::Superblock).unwrap();
+        assert_eq!(
+            back.extents,
+            thin_delta(&meta, 2, 1).1,
+            "seed {seed} reversed"
+        );
+    }
+}
+
+#[test]
+fn a_fresh_snapshot_shares_the_whole_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, _, _) = shared_pool(dir.path(), 0, 5);
+    let mut ed = CowEditor::new(&meta);
+    let root = ed.device_root(1);
+    ed.set_device_root(2, root);
+    let (d, stats) = thin::delta_with_stats(&meta, 1, 2, MetadataRoot::Superblock).unwrap();
+    assert!(d.extents.is_empty());
+    assert_eq!(stats.shared_subtrees_skipped, 1);
+    assert!(thin_delta(&meta, 1, 2).1.is_empty());
+}
+
+/// Takes a metadata snapshot the way the kernel does (a copy of the superblock in a free block,
+/// recorded in the superblock's held root), then changes device 2 in the live metadata only.
+#[test]
+fn held_metadata_snapshot_is_read_instead_of_the_live_superblock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, snap, origin) = shared_pool(dir.path(), 6, 11);
+    let mut ed = CowEditor::new(&meta);
+    // Skip past the blocks shared_pool's editor allocated.
+    for _ in 0..64 {
+        ed.alloc();
+    }
+    let held = ed.alloc();
+    let mut sb = read_block(&meta, 0);
+    write_block(&meta, held, &mut sb.clone(), SB_SALT);
+    // Live metadata moves on: a new top-level leaf pointing device 2 at device 1's tree
+    // (as if every change had been undone).
+    let top = le64(&sb, 320);
+    let mut leaf = read_block(&meta, top);
+    let (_, keys, vals) = node_entries(&leaf);
+    let dev1_root = vals[keys.iter().position(|&k| k == 1).unwrap()];
+    set_value(
+        &mut leaf,
+        keys.iter().position(|&k| k == 2).unwrap(),
+        dev1_root,
+    );
+    let new_top = ed.alloc();
+    write_block(&meta, new_top, &mut leaf, NODE_SALT);
+    sb[320..328].copy_from_slice(&new_top.to_le_bytes());
+    sb[56..64].copy_from_slice(&held.to_le_bytes());
+    write_block(&meta, 0, &mut sb, SB_SALT);
+
+    let live = thin::delta(&meta, 1, 2, MetadataRoot::Superblock).unwrap();
+    assert!(live.extents.is_empty());
+    let expected = model_delta(&snap, &origin);
+    assert!(!expected.is_empty());
+    for root in [
+        MetadataRoot::HeldSnapshot(None),
+        MetadataRoot::HeldSnapshot(Some(held)),
+    ] {
+        let d = thin::delta(&meta, 1, 2, root).unwrap();
+        assert_eq!(d.extents, expected, "{root:?}");
+    }
+    // thin_delta agrees when told to use the metadata snapshot.
+    let oracle = parse_thin_delta(&run(std::process::Command::new("thin_delta")
+        .args(["-m", "--snap1", "1", "--snap2", "2"])
+        .arg(&meta)))
+    .1;
+    assert_eq!(oracle, expected);
+    let err = thin::delta(&meta, 1, 2, MetadataRoot::HeldSnapshot(Some(held - 1))).unwrap_err();
+    assert!(matches!(err, ThinError::HeldRootMismatch { .. }), "{err}");
+    let sbs = thin::read_superblock(&meta, MetadataRoot::HeldSnapshot(None)).unwrap();
+    assert_eq!(sbs.block, held);
+}

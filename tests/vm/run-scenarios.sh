@@ -118,7 +118,8 @@ chmod 755 "$PAY/vmtest/runner.sh"
   echo "VMTEST_SHOW=${VMTEST_SHOW:-0}"
 } > "$PAY/vmtest/config"
 if [[ $LVMSYNC != none ]]; then
-  cp "$LVMSYNC" "$PAY/usr/bin/lvmsync"
+  # debug info only makes the initramfs bigger (slower to unpack)
+  objcopy --strip-debug "$LVMSYNC" "$PAY/usr/bin/lvmsync"
   # shared libraries the binary needs that the image lacks, from this host
   # (same Debian release as the image)
   declare -A seen=()
@@ -185,8 +186,11 @@ log "booting ${#names[@]} scenario(s), accel=$ACCEL, kernel=${KERNEL##*/}"
 T_VM=$(date +%s.%N)
 set +e
 if [[ ${VMTEST_SHOW:-0} == 1 ]]; then
+  # the scenarios' own output: from the runner's first line on, without
+  # the runner's markers and kernel messages
   timeout -k 10 "$TIMEOUT" "${QEMU[@]}" < /dev/null 2>&1 | tr -d '\r' | tee "$OUT/console.log" |
-    grep -av -e '^VMTEST START' -e '^VMTEST BOOTED' -e '^VMTEST END'
+    awk '/^VMTEST BOOTED/ { on = 1; next }
+         on && !/^VMTEST/ && !/^\[ *[0-9]+\.[0-9]+\] / { print; fflush() }'
 else
   timeout -k 10 "$TIMEOUT" "${QEMU[@]}" < /dev/null 2>&1 | tr -d '\r' | tee "$OUT/console.log" |
     grep -a --line-buffered -e '^VMTEST RESULT' -e '^VMTEST WARN' -e '^VMTEST ERROR' |

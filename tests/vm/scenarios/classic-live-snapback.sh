@@ -1,0 +1,25 @@
+# Live classic snapshot with --snapback: the sync saves what it overwrites; applying the
+# snapback rolls the copy back to the snapshot's state (what /dev/VG/snap shows).
+. "$VMTEST_LIB"
+VG=sbvg
+SEED=7
+
+step "origin, copy, snapshot, writes"
+make_vg $VG
+run lvcreate -y -Wy -Zy -L 16M -n origin $VG
+run lvcreate -y -Wy -Zy -L 16M -n copy $VG
+fill_pattern /dev/$VG/origin 16M $SEED
+fill_pattern /dev/$VG/copy 16M $SEED
+run lvcreate -y -s -c 4k -L 4M -n snap $VG/origin
+write_at /dev/$VG/origin 0 4096 S1
+write_at /dev/$VG/origin 9000000 300000 S2
+run sync
+
+step "sync with a snapback file"
+run lvmsync --snapback $TMP/snapback /dev/$VG/snap /dev/$VG/copy
+same_content /dev/$VG/copy /dev/$VG/origin
+expect_fail lvmsync --snapback $TMP/snapback /dev/$VG/snap /dev/$VG/copy
+
+step "roll back with the snapback"
+run lvmsync --apply $TMP/snapback /dev/$VG/copy
+same_content /dev/$VG/copy /dev/$VG/snap

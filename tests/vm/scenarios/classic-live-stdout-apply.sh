@@ -1,0 +1,28 @@
+# Live classic snapshot through a stream file: `--stdout` then `--apply`, in format 4 (default)
+# and format 3 (the Ruby lvmsync PROTO[3] stream).
+. "$VMTEST_LIB"
+VG=streamvg
+SEED=5
+
+step "origin, two copies, snapshot, writes"
+make_vg $VG
+for lv in origin copy4 copy3; do
+  run lvcreate -y -Wy -Zy -L 16M -n $lv $VG
+  fill_pattern /dev/$VG/$lv 16M $SEED
+done
+run lvcreate -y -s -c 8k -L 4M -n snap $VG/origin
+write_at /dev/$VG/origin 4096 8192 A-chunks0-1
+write_at /dev/$VG/origin 5000000 70000 B-middle
+write_at /dev/$VG/origin 16769024 8192 C-last-chunk
+run sync
+
+step "format 4 through a file"
+run sh -c "lvmsync --stdout /dev/$VG/snap > $TMP/changes4"
+run lvmsync --apply $TMP/changes4 /dev/$VG/copy4
+same_content /dev/$VG/copy4 /dev/$VG/origin
+
+step "format 3 through a pipe-less file, then applied"
+run sh -c "lvmsync --format 3 --stdout /dev/$VG/snap > $TMP/changes3"
+check_eq "format 3 handshake" "$(head -n 1 $TMP/changes3)" "lvmsync PROTO[3]"
+run lvmsync --apply $TMP/changes3 /dev/$VG/copy3
+same_content /dev/$VG/copy3 /dev/$VG/origin

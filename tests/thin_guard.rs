@@ -52,3 +52,219 @@ fn failed_and_foreign_status_lines_are_errors() {
         assert!(err.to_string().contains(why), "{line}: {err}");
     }
 }
+
+// ---- the guard itself, against a stand-in `dmsetup` that keeps a pool's held root in a file ----
+
+use lvmsync::source::thin::MetadataSnapGuard;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Behaves like dmsetup for `status POOL` and `message POOL 0 reserve_metadata_snap|
+/// release_metadata_snap`: the held root lives in `state-POOL` ("-" when none); a `race-POOL`
+/// file makes status say "-" while reserving fails with EBUSY (someone else was faster).
+const FAKE_DMSETUP: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+pool=$2
+echo "$*" >> "$dir/log-$pool"
+st=$(cat "$dir/state-$pool" 2>/dev/null || echo -)
+case "$1" in
+status)
+    echo "0 131072 thin-pool 2 113/1024 133/1024 $st rw discard_passdown queue_if_no_space - 256"
+    ;;
+message)
+    case "$4" in
+    reserve_metadata_snap)
+        if [ "$st" != - ] || [ -e "$dir/race-$pool" ]; then
+            echo "device-mapper: message ioctl on $pool  failed: Device or resource busy" >&2
+            echo "Command failed." >&2
+            exit 1
+        fi
+        echo 61 > "$dir/state-$pool" ;;
+    release_metadata_snap)
+        if [ "$st" = - ]; then
+            echo "device-mapper: message ioctl on $pool  failed: Invalid argument" >&2
+            exit 1
+        fi
+        echo - > "$dir/state-$pool" ;;
+    *) exit 1 ;;
+    esac
+    ;;
+*) exit 1 ;;
+esac
+"#;
+
+/// Puts the stand-in dmsetup first on PATH (once per test process; child processes inherit it).
+fn fake_dmsetup() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(dir) = std::env::var("LVMSYNC_FAKE_DMSETUP_DIR") {
+            return PathBuf::from(dir);
+        }
+        let dir = tempfile::tempdir().unwrap().keep();
+        let script = dir.join("dmsetup");
+        std::fs::write(&script, FAKE_DMSETUP).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!(
+            "{}:{}",
+            dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        std::env::set_var("PATH", path);
+        std::env::set_var("LVMSYNC_FAKE_DMSETUP_DIR", &dir);
+        dir
+    })
+}
+
+fn state(pool: &str) -> String {
+    std::fs::read_to_string(fake_dmsetup().join(format!("state-{pool}")))
+        .unwrap_or_else(|_| "-".into())
+        .trim()
+        .to_string()
+}
+
+fn set_state(pool: &str, s: &str) {
+    std::fs::write(fake_dmsetup().join(format!("state-{pool}")), s).unwrap();
+}
+
+fn log(pool: &str) -> String {
+    std::fs::read_to_string(fake_dmsetup().join(format!("log-{pool}"))).unwrap_or_default()
+}
+
+#[test]
+fn guard_reserves_reads_field_7_and_releases_on_drop() {
+    fake_dmsetup();
+    let pool = "vg0-a-tpool";
+    let g = MetadataSnapGuard::reserve(pool).unwrap();
+    assert_eq!(g.held_root(), 61);
+    assert_eq!(state(pool), "61");
+    drop(g);
+    assert_eq!(state(pool), "-");
+    assert_eq!(log(pool).matches("release_metadata_snap").count(), 1);
+}
+
+#[test]
+fn explicit_release_releases_once() {
+    fake_dmsetup();
+    let pool = "vg0-b-tpool";
+    let g = MetadataSnapGuard::reserve(pool).unwrap();
+    g.release().unwrap();
+    assert_eq!(state(pool), "-");
+    assert_eq!(log(pool).matches("release_metadata_snap").count(), 1);
+}
+
+#[test]
+fn someone_elses_snapshot_is_refused_and_left_alone() {
+    fake_dmsetup();
+    let pool = "vg0-c-tpool";
+    set_state(pool, "77");
+    let err = MetadataSnapGuard::reserve(pool).unwrap_err();
+    assert!(matches!(err, ThinError::AlreadyHeld { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "pool vg0-c-tpool already has a held metadata snapshot (another tool is using it); not \
+         touching it"
+    );
+    assert_eq!(state(pool), "77");
+    assert!(!log(pool).contains("reserve_metadata_snap"));
+    assert!(!log(pool).contains("release_metadata_snap"));
+}
+
+#[test]
+fn losing_the_race_to_reserve_is_refused_and_left_alone() {
+    let dir = fake_dmsetup();
+    let pool = "vg0-d-tpool";
+    std::fs::write(dir.join(format!("race-{pool}")), "").unwrap();
+    let err = MetadataSnapGuard::reserve(pool).unwrap_err();
+    assert!(matches!(err, ThinError::AlreadyHeld { .. }), "{err}");
+    assert!(log(pool).contains("reserve_metadata_snap"));
+    assert!(!log(pool).contains("release_metadata_snap"));
+}
+
+#[test]
+fn dmsetup_failures_are_reported() {
+    fake_dmsetup();
+    // A snapshot that vanished meanwhile: the explicit release reports dmsetup's error.
+    let pool = "vg0-e-tpool";
+    let g = MetadataSnapGuard::reserve(pool).unwrap();
+    set_state(pool, "-");
+    let err = g.release().unwrap_err();
+    assert!(matches!(err, ThinError::Dmsetup { .. }), "{err}");
+    assert!(err.to_string().contains("release_metadata_snap"), "{err}");
+    assert!(err.to_string().contains("Invalid argument"), "{err}");
+}
+
+#[test]
+fn panic_while_held_releases_during_unwind() {
+    fake_dmsetup();
+    let pool = "vg0-f-tpool";
+    let r = std::panic::catch_unwind(|| {
+        let _g = MetadataSnapGuard::reserve(pool).unwrap();
+        assert_eq!(state(pool), "61");
+        panic!("reading failed");
+    });
+    assert!(r.is_err());
+    assert_eq!(state(pool), "-");
+}
+
+/// In the child process (see below) this holds a snapshot until a signal ends the process; run
+/// directly, it checks that a guard held across a thread boundary is released when dropped there.
+#[test]
+fn guard_signal_child() {
+    fake_dmsetup();
+    if let Ok(pool) = std::env::var("LVMSYNC_GUARD_CHILD_POOL") {
+        let _g = MetadataSnapGuard::reserve(&pool).unwrap();
+        println!("ready");
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        panic!("no signal arrived");
+    }
+    let pool = "vg0-g-tpool";
+    let g = MetadataSnapGuard::reserve(pool).unwrap();
+    std::thread::spawn(move || drop(g)).join().unwrap();
+    assert_eq!(state(pool), "-");
+}
+
+#[test]
+fn signals_release_the_snapshot_and_exit_with_128_plus_signal() {
+    use std::io::BufRead;
+    let dir = fake_dmsetup();
+    for (i, sig) in [
+        rustix::process::Signal::TERM,
+        rustix::process::Signal::INT,
+        rustix::process::Signal::HUP,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pool = format!("vg0-sig{i}-tpool");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "guard_signal_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("LVMSYNC_GUARD_CHILD_POOL", &pool)
+            .env("LVMSYNC_FAKE_DMSETUP_DIR", dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut ready = false;
+        for line in out.lines() {
+            // libtest prints "test NAME ... " before the test's own output.
+            if line.unwrap().trim_end().ends_with("ready") {
+                ready = true;
+                break;
+            }
+        }
+        assert!(ready, "child never held the snapshot");
+        assert_eq!(state(&pool), "61");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(128 + sig.as_raw()), "{sig:?}");
+        assert_eq!(state(&pool), "-", "{sig:?}");
+        assert_eq!(log(&pool).matches("release_metadata_snap").count(), 1);
+    }
+}

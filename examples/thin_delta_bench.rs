@@ -107,14 +107,13 @@ fn main() {
                 .iter()
                 .map(|m| (m.block, (m.data_block, m.time)))
                 .collect();
-            let mut next = dev1.iter().map(|m| m.data_block).max().unwrap_or(0) + 1_000_000;
+            let first_new = dev1.iter().map(|m| m.data_block).max().unwrap_or(0) + 1_000_000;
             let mut ed = CowEditor::new(meta);
             let mut root = ed.device_root(1);
-            for k in changed_keys(&map, n(2), &mut rng) {
+            for (data, k) in (first_new..).zip(changed_keys(&map, n(2), &mut rng)) {
                 root = ed
-                    .write(root, k, Some(next << 24 | 1))
+                    .write(root, k, Some(data << 24 | 1))
                     .expect("remap in place");
-                next += 1;
             }
             ed.set_device_root(2, root);
         }

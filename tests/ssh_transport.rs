@@ -138,3 +138,65 @@ fn connection_killed_mid_stream() {
         "{err}"
     );
 }
+
+/// Transfers sharing an ssh ControlMaster connection that the first one started and that
+/// outlives it: data and exit status pass through, and finishing does not wait for the master.
+/// (OpenSSH 9.2 detaches the master from the pipes; the unit test
+/// `finish_does_not_wait_for_a_process_that_inherited_the_output` covers a process that keeps
+/// them open.)
+#[test]
+fn through_a_control_master() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("cm");
+    let rsh = format!(
+        "{} -o ControlMaster=auto -o ControlPersist=120 -o ControlPath={}",
+        sshd.rsh().replace(" -o ControlMaster=no", ""),
+        control.display()
+    );
+    let input = dir.path().join("input");
+    let recv = script(
+        dir.path(),
+        "recv",
+        &format!("cat > '{}'; echo done >&2", input.display()),
+    );
+    for (round, want_ok) in [(1, true), (2, true)] {
+        let opts = RemoteOptions {
+            rsh: rsh.clone(),
+            ..options(&sshd, &recv)
+        };
+        let mut apply = RemoteApply::spawn("127.0.0.1", "/dev/x", &opts).unwrap();
+        apply
+            .input()
+            .write_all(format!("round {round}").as_bytes())
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(apply.finish().map_err(|e| e.to_string())));
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("finish hung behind the ControlMaster");
+        assert_eq!(result.is_ok(), want_ok, "{result:?}");
+        assert_eq!(
+            std::fs::read_to_string(&input).unwrap(),
+            format!("round {round}")
+        );
+    }
+    // a failing receiver through the shared connection is still reported
+    let bad = script(dir.path(), "bad", "cat > /dev/null; exit 6");
+    let opts = RemoteOptions {
+        rsh: rsh.clone(),
+        ..options(&sshd, &bad)
+    };
+    let apply = RemoteApply::spawn("127.0.0.1", "/dev/x", &opts).unwrap();
+    let err = apply.finish().unwrap_err().to_string();
+    assert_eq!(err, "remote apply on 127.0.0.1 failed (exit status 6)");
+    let mut exit = std::process::Command::new("ssh");
+    exit.args([
+        "-o",
+        &format!("ControlPath={}", control.display()),
+        "-O",
+        "exit",
+        "127.0.0.1",
+    ]);
+    let _ = exit.output();
+}

@@ -187,9 +187,15 @@ fn classify(
         ))),
         (_, 's' | 'S') => {
             let dev = dev.ok_or_else(|| {
-                invalid(format!(
-                    "{full} is not active; activate it (lvchange -ay {full})"
-                ))
+                if row.is_merging() {
+                    invalid(format!(
+                        "snapshot {full} is being merged into its origin; its change list is not usable"
+                    ))
+                } else {
+                    invalid(format!(
+                        "{full} is not active; activate it (lvchange -ay {full})"
+                    ))
+                }
             })?;
             classic(tools, rows, row, dev).map(Snapshot::Classic)
         }

@@ -261,6 +261,25 @@ fn merging_snapshot_is_refused() {
     );
 }
 
+/// Once the merge runs, the snapshot's own device is gone; naming it says why.
+#[test]
+fn merging_snapshot_without_its_device() {
+    let mut s = Captured::load("vg0-merging");
+    let mut report: serde_json::Value = serde_json::from_str(&s.lvs_json).unwrap();
+    let rows = report["report"][0]["lv"].as_array_mut().unwrap();
+    let snap = rows.iter_mut().find(|r| r["lv_name"] == "[snap2]").unwrap();
+    snap["lv_attr"] = "Swi---s---".into();
+    snap["lv_kernel_major"] = "-1".into();
+    snap["lv_kernel_minor"] = "-1".into();
+    s.lvs_json = report.to_string();
+    s.paths
+        .retain(|p, _| !p.to_string_lossy().contains("snap2"));
+    assert_eq!(
+        error(&s, "/dev/vg0/snap2"),
+        "snapshot vg0/snap2 is being merged into its origin; its change list is not usable"
+    );
+}
+
 /// The device-mapper status alone (as when the lvs report has not caught up) also refuses.
 #[test]
 fn invalid_status_alone_is_refused() {

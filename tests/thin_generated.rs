@@ -179,9 +179,14 @@ fn multi_level_trees_match_thin_delta() {
 
 /// Builds a pool where device 2 is a copy-on-write descendant of device 1 (as after
 /// `lvcreate -s` and writes to one of them): returns the metadata path and the model maps.
-fn shared_pool(dir: &Path, writes: usize, seed: u64) -> (std::path::PathBuf, DeviceMap, DeviceMap) {
+fn shared_pool(
+    dir: &Path,
+    range: u64,
+    writes: usize,
+    seed: u64,
+) -> (std::path::PathBuf, DeviceMap, DeviceMap) {
     let mut rng = Rng(seed);
-    let (snap, _, nr) = generate(&mut rng, 120_000, 80, 0, 0, 0);
+    let (snap, _, nr) = generate(&mut rng, range, 80, 0, 0, 0);
     let mut placeholder = DeviceMap::new();
     placeholder.insert(0, (0, 0));
     let xml = dump_xml(
@@ -196,7 +201,7 @@ fn shared_pool(dir: &Path, writes: usize, seed: u64) -> (std::path::PathBuf, Dev
     let mut next_data = nr;
     let mut applied = 0;
     while applied < writes {
-        let key = rng.below(121_000);
+        let key = rng.below(range + 1000);
         let value = match rng.below(3) {
             0 => None,
             _ => {
@@ -221,7 +226,7 @@ fn shared_pool(dir: &Path, writes: usize, seed: u64) -> (std::path::PathBuf, Dev
 fn shared_subtrees_are_skipped_and_the_delta_matches_thin_delta() {
     let dir = tempfile::tempdir().unwrap();
     for (seed, writes) in [(1u64, 1usize), (2, 5), (3, 40)] {
-        let (meta, snap, origin) = shared_pool(dir.path(), writes, seed);
+        let (meta, snap, origin) = shared_pool(dir.path(), 120_000, writes, seed);
         let (native, stats) =
             thin::delta_with_stats(&meta, 1, 2, MetadataRoot::Superblock).unwrap();
         assert_eq!(native.extents, thin_delta(&meta, 1, 2).1, "seed {seed}");
@@ -249,7 +254,7 @@ fn shared_subtrees_are_skipped_and_the_delta_matches_thin_delta() {
 #[test]
 fn a_fresh_snapshot_shares_the_whole_tree() {
     let dir = tempfile::tempdir().unwrap();
-    let (meta, _, _) = shared_pool(dir.path(), 0, 5);
+    let (meta, _, _) = shared_pool(dir.path(), 120_000, 0, 5);
     let mut ed = CowEditor::new(&meta);
     let root = ed.device_root(1);
     ed.set_device_root(2, root);
@@ -264,7 +269,7 @@ fn a_fresh_snapshot_shares_the_whole_tree() {
 #[test]
 fn held_metadata_snapshot_is_read_instead_of_the_live_superblock() {
     let dir = tempfile::tempdir().unwrap();
-    let (meta, snap, origin) = shared_pool(dir.path(), 6, 11);
+    let (meta, snap, origin) = shared_pool(dir.path(), 120_000, 6, 11);
     let mut ed = CowEditor::new(&meta);
     // Skip past the blocks shared_pool's editor allocated.
     for _ in 0..64 {
@@ -311,4 +316,46 @@ fn held_metadata_snapshot_is_read_instead_of_the_live_superblock() {
     assert!(matches!(err, ThinError::HeldRootMismatch { .. }), "{err}");
     let sbs = thin::read_superblock(&meta, MetadataRoot::HeldSnapshot(None)).unwrap();
     assert_eq!(sbs.block, held);
+}
+
+/// The origin's tree grew a level (its root split) after the snapshot: trees of different
+/// heights still meet at their shared nodes.
+#[test]
+fn shared_subtrees_are_found_across_a_root_split() {
+    let dir = tempfile::tempdir().unwrap();
+    // ~30k mappings: thin_restore builds a root with ~235 leaves (half full, 126 each), so the
+    // halves of the split root are as full as the kernel's (thin_delta checks node occupancy).
+    let (meta, snap, _) = shared_pool(dir.path(), 37_000, 0, 21);
+    let mut ed = CowEditor::new(&meta);
+    for _ in 0..64 {
+        ed.alloc();
+    }
+    let dev1_root = ed.device_root(1);
+    let mut root = ed.split_root(dev1_root);
+    let mut origin = snap.clone();
+    let keys: Vec<u64> = snap.keys().copied().collect();
+    let written: Vec<u64> = keys.iter().copied().step_by(keys.len() / 3).collect();
+    for (i, k) in written.iter().enumerate() {
+        root = ed
+            .write(root, *k, Some((10_000_000 + i as u64) << 24 | 1))
+            .unwrap();
+        origin.insert(*k, (10_000_000 + i as u64, 1));
+    }
+    ed.set_device_root(2, root);
+    for (s, o) in [(1, 2), (2, 1)] {
+        let (d, stats) = thin::delta_with_stats(&meta, s, o, MetadataRoot::Superblock).unwrap();
+        assert_eq!(d.extents, thin_delta(&meta, s, o).1, "{s}->{o}");
+        assert!(stats.shared_subtrees_skipped > 0, "{stats:?}");
+        // Superblock, the two top-level lookups, the leftmost paths for the heights (2 and 3
+        // nodes), both roots and the two halves, then per written leaf its old and new copy:
+        // every other node is skipped unread.
+        let expected_reads = 1 + 2 + (2 + 3) + 4 + 2 * written.len() as u64;
+        assert_eq!(stats.blocks_read, expected_reads, "{s}->{o}: {stats:?}");
+    }
+    assert_eq!(
+        thin::delta(&meta, 1, 2, MetadataRoot::Superblock)
+            .unwrap()
+            .extents,
+        model_delta(&snap, &origin)
+    );
 }

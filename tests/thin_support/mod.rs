@@ -331,7 +331,32 @@ impl CowEditor {
     }
 }
 
-/// Rewrites a leaf buffer's entries (8-byte values).
+impl CowEditor {
+    /// Splits the internal root node `root` the way the kernel does when a full root must take
+    /// another entry: its entries move into two new nodes under a new root, one level taller.
+    /// Every child stays shared. Returns the new root.
+    pub fn split_root(&mut self, root: u64) -> u64 {
+        let b = read_block(&self.meta, root);
+        let (leaf, keys, vals) = node_entries(&b);
+        assert!(
+            !leaf && keys.len() >= 2,
+            "split_root wants an internal root"
+        );
+        let half = keys.len() / 2;
+        let (mut left, mut right, mut top) = (b.clone(), b.clone(), b);
+        set_leaf_entries(&mut left, &keys[..half], &vals[..half]);
+        set_leaf_entries(&mut right, &keys[half..], &vals[half..]);
+        let (l, r, t) = (self.alloc(), self.alloc(), self.alloc());
+        write_block(&self.meta, l, &mut left, NODE_SALT);
+        write_block(&self.meta, r, &mut right, NODE_SALT);
+        set_leaf_entries(&mut top, &[keys[0], keys[half]], &[l, r]);
+        write_block(&self.meta, t, &mut top, NODE_SALT);
+        self.owned.extend([l, r, t]);
+        t
+    }
+}
+
+/// Rewrites a node buffer's entries (8-byte values: leaves of mapping trees, internal nodes).
 pub fn set_leaf_entries(b: &mut [u8], keys: &[u64], vals: &[u64]) {
     let max = le32(b, 20) as usize;
     b[16..20].copy_from_slice(&(keys.len() as u32).to_le_bytes());

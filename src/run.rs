@@ -80,16 +80,27 @@ fn resolve_changes(source: &ChangeSourceSpec, data_source: Option<&Path>) -> Res
         }
         ChangeSourceSpec::Snapshot(path) => match lvm::discover_snapshot(path)? {
             Snapshot::Classic(snap) => {
+                flush_origin(&snap.origin)?;
                 let changes = classic_changes(&snap)?;
                 let data = data_path.unwrap_or_else(|| snap.origin.clone());
                 Ok((changes, Some(data), Some(snap)))
             }
             Snapshot::Thin(snap) => {
+                flush_origin(&snap.origin)?;
                 let changes = thin_changes(&snap)?;
                 Ok((changes, Some(data_path.unwrap_or(snap.origin)), None))
             }
         },
     }
+}
+
+/// Writes back what is still in the origin's page cache. Such writes (left there when another
+/// process holds the origin open, so the writer's close did not flush them) have not reached the
+/// snapshot's metadata yet: the change list would miss them while reads of the origin see them.
+fn flush_origin(origin: &Path) -> Result<()> {
+    Device::open_read(origin)?
+        .sync()
+        .ctx(|| format!("{}: cannot flush the origin", origin.display()))
 }
 
 /// Reads a live classic snapshot's exception store. The snapshot is checked before and after:

@@ -1,0 +1,221 @@
+#!/bin/bash
+# lvmsync benchmark suite: one command, one table, every figure measured in this run on the
+# same data.
+#
+#   bench/run.sh                 (BENCH_GIB=4: a 4 GiB origin; about 10 minutes on 2 cores)
+#   BENCH_GIB=1 bench/run.sh     (quick look)
+#
+# Work files live in bench/out/ (git-ignored; about 3 x BENCH_GIB GiB of disk). Tools: fio,
+# rsync, sshd (scripts/setup-host.sh --bench). The table is printed at the end and kept in
+# bench/out/results.txt; method and reading of the figures: docs/performance.md.
+#
+# "cold": before the run, the pages of the files it reads (origin image, exception store,
+# destination) are written back and dropped with posix_fadvise(DONTNEED), file by file (never
+# the global page cache). "warm": the same run again right after, with those pages cached.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+GIB=${BENCH_GIB:-4}
+OUT=$ROOT/bench/out
+mkdir -p "$OUT"
+export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
+
+for tool in fio rsync ssh-keygen; do
+  command -v $tool >/dev/null || { echo "bench: $tool missing: run scripts/setup-host.sh --bench" >&2; exit 1; }
+done
+cargo build -q --release --bin lvmsync --example make_cow_store
+LVMSYNC=$ROOT/target/release/lvmsync
+GEN=$ROOT/target/release/examples/make_cow_store
+
+BYTES=$((GIB << 30))
+ORIGIN=$OUT/origin.img
+DEST=$OUT/dest.img
+RESULTS=$OUT/results.tsv
+LOG=$OUT/run.log
+: >"$RESULTS"
+: >"$LOG"
+log() { echo "bench: $*" >&2; echo "$*" >>"$LOG"; }
+
+# ---------------------------------------------------------------- data
+# Change sets: NAME CHUNK_BYTES PERCENT (of the origin's chunks, scattered at random).
+SETS=("4k-1% 4096 1" "4k-10% 4096 10" "64k-1% 65536 1" "64k-10% 65536 10")
+stamp="$GIB $(sha256sum examples/make_cow_store.rs | cut -c1-16)"
+if [[ ! -f $OUT/data.stamp || $(cat "$OUT/data.stamp") != "$stamp" ]]; then
+  log "generating $GIB GiB origin, change sets and destination"
+  rm -f "$OUT"/*.img "$OUT"/*.cow "$OUT"/*.iolog "$OUT"/*.lvs "$OUT/data.stamp"
+  "$GEN" image "$ORIGIN" $BYTES 1
+  for s in "${SETS[@]}"; do
+    read -r name cb pct <<<"$s"
+    "$GEN" store "$OUT/$name.cow" $BYTES $cb $((BYTES / cb * pct / 100)) $cb$pct \
+      --iolog "$OUT/$name.read.iolog" "$ORIGIN" >>"$LOG"
+    sed "s| read | write |; s|^$ORIGIN |$DEST |" "$OUT/$name.read.iolog" >"$OUT/$name.write.iolog"
+  done
+  # 1 million exceptions scattered over a 1 TiB origin, for change listing.
+  "$GEN" store "$OUT/1M.cow" $((1 << 40)) 4096 1000000 77 >>"$LOG"
+  # The destination: the origin as it was at snapshot time for the 4k-1% set.
+  "$GEN" image "$DEST" $BYTES 1 --differ "$OUT/4k-1%.cow"
+  echo "$stamp" >"$OUT/data.stamp"
+fi
+changed() { "$LVMSYNC" changes --cow "$OUT/$1.cow" | awk '{s+=$2} END {print s}'; }
+declare -A CHANGED
+for s in "${SETS[@]}"; do
+  read -r name _ <<<"$s"
+  CHANGED[$name]=$(changed "$name")
+done
+
+# ---------------------------------------------------------------- measuring
+drop() { "$GEN" dontneed "$@"; }
+now() { date +%s.%N; }
+# record SECTION CASE CACHE BYTES SECONDS REF_KEY
+# REF_KEY names the row this one is compared with (empty: none); KEY=SECTION/CASE/CACHE.
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; log "$*"; }
+# timed SECONDS_VAR COMMAND...: runs the command, fails the suite if it fails.
+timed() {
+  local var=$1 t0 t1
+  shift
+  t0=$(now)
+  "$@" || { echo "bench: failed: $*" >&2; exit 1; }
+  t1=$(now)
+  printf -v "$var" '%s' "$(echo "$t1 - $t0" | bc -l)"
+}
+# fio_run RW QD IOLOG: prints "BYTES SECONDS" measured by fio over its I/O.
+fio_run() {
+  fio --name=bench --read_iolog="$3" --replay_no_stall=1 --ioengine=libaio --direct=1 \
+    --iodepth="$2" --end_fsync=$([[ $1 == write ]] && echo 1 || echo 0) --output-format=json |
+    python3 -c "
+import json, sys
+j = json.load(sys.stdin)['jobs'][0]['$1']
+print(j['io_bytes'], j['runtime'] / 1000.0)"
+}
+
+HEADER="$(date -u +%FT%TZ) $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg), origin $GIB GiB on $(df -T "$OUT" | awk 'NR==2 {print $2}')"
+log "$HEADER"
+
+# ---------------------------------------------------------------- device limits
+drop "$ORIGIN"
+timed t dd if="$ORIGIN" of=/dev/null bs=4M iflag=direct status=none
+record device "dd whole image" direct $BYTES "$t" ""
+for s in "${SETS[@]}"; do
+  read -r name _ <<<"$s"
+  for qd in 1 32; do
+    read -r b t < <(fio_run read $qd "$OUT/$name.read.iolog")
+    record device "fio randread $name qd$qd" direct "$b" "$t" ""
+  done
+done
+
+# ---------------------------------------------------------------- send to /dev/null
+for s in "${SETS[@]}"; do
+  read -r name _ <<<"$s"
+  for fmt in "3" "4" "4 -z"; do
+    label="format ${fmt/ -z/ -z}"
+    args=(--format ${fmt%% *})
+    [[ $fmt == *-z ]] && args+=(-z)
+    for cache in cold warm; do
+      [[ $cache == cold ]] && drop "$ORIGIN" "$OUT/$name.cow"
+      timed t sh -c '"$0" --stdout -q "$@" >/dev/null' "$LVMSYNC" "${args[@]}" \
+        --cow "$OUT/$name.cow" --data-source "$ORIGIN"
+      ref=""
+      [[ $cache == cold ]] && ref="device/fio randread $name qd32/direct"
+      record send "$name $label" $cache "${CHANGED[$name]}" "$t" "$ref"
+    done
+  done
+done
+
+# ---------------------------------------------------------------- apply
+for s in "${SETS[@]}"; do
+  read -r name _ <<<"$s"
+  "$LVMSYNC" --stdout -q --cow "$OUT/$name.cow" --data-source "$ORIGIN" >"$OUT/$name.lvs"
+  # fio first: lvmsync then writes the origin's bytes back over what fio wrote.
+  read -r b t < <(fio_run write 32 "$OUT/$name.write.iolog")
+  record device "fio randwrite $name qd32" direct "$b" "$t" ""
+  drop "$DEST"
+  timed t "$LVMSYNC" -q --apply "$OUT/$name.lvs" "$DEST"
+  record apply "$name" cold "${CHANGED[$name]}" "$t" "device/fio randwrite $name qd32/direct"
+  drop "$DEST"
+  timed t "$LVMSYNC" -q --apply "$OUT/$name.lvs" --snapback "$OUT/snapback.lvs" --force "$DEST"
+  record apply "$name --snapback" cold "${CHANGED[$name]}" "$t" "device/fio randwrite $name qd32/direct"
+  rm -f "$OUT/$name.lvs" "$OUT/snapback.lvs"
+done
+
+# ---------------------------------------------------------------- end to end
+SSHD_DIR=$(mktemp -d)
+cleanup() {
+  [[ -f $SSHD_DIR/sshd.pid ]] && kill "$(cat "$SSHD_DIR/sshd.pid")" 2>/dev/null || true
+  rm -rf "$SSHD_DIR"
+}
+trap cleanup EXIT
+ssh-keygen -q -t ed25519 -N "" -f "$SSHD_DIR/host_key"
+ssh-keygen -q -t ed25519 -N "" -f "$SSHD_DIR/client_key"
+cp "$SSHD_DIR/client_key.pub" "$SSHD_DIR/authorized_keys"
+mkdir -p /run/sshd
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$SSHD_DIR/sshd_config" <<EOF
+Port $PORT
+ListenAddress 127.0.0.1
+HostKey $SSHD_DIR/host_key
+PidFile $SSHD_DIR/sshd.pid
+AuthorizedKeysFile $SSHD_DIR/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+LogLevel ERROR
+EOF
+"$(command -v sshd || echo /usr/sbin/sshd)" -f "$SSHD_DIR/sshd_config"
+RSH="ssh -i $SSHD_DIR/client_key -p $PORT -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
+for _ in $(seq 50); do $RSH 127.0.0.1 true 2>/dev/null && break; sleep 0.2; done
+
+E2E=4k-1%
+e2e() { # e2e CASE COMMAND...
+  local label=$1
+  shift
+  "$GEN" scramble "$DEST" "$OUT/$E2E.cow"
+  drop "$ORIGIN" "$DEST" "$OUT/$E2E.cow"
+  timed t "$@"
+  record e2e "$label" cold "${CHANGED[$E2E]}" "$t" "${REF:-}"
+}
+REF="" e2e "rsync local $E2E" rsync -I --inplace --no-whole-file "$ORIGIN" "$DEST"
+REF="e2e/rsync local $E2E/cold" e2e "lvmsync local $E2E" \
+  "$LVMSYNC" -q --cow "$OUT/$E2E.cow" --data-source "$ORIGIN" "$DEST"
+REF="" e2e "rsync ssh $E2E" rsync -I --inplace --no-whole-file -e "$RSH" "$ORIGIN" "127.0.0.1:$DEST"
+REF="e2e/rsync ssh $E2E/cold" e2e "lvmsync ssh $E2E" \
+  "$LVMSYNC" -q -e "$RSH" --remote-path "$LVMSYNC" --cow "$OUT/$E2E.cow" --data-source "$ORIGIN" \
+  "127.0.0.1:$DEST"
+cmp "$ORIGIN" "$DEST" || { echo "bench: destination differs from the origin after sync" >&2; exit 1; }
+"$GEN" scramble "$DEST" "$OUT/$E2E.cow"
+
+# ---------------------------------------------------------------- change listing
+for cache in cold warm; do
+  [[ $cache == cold ]] && drop "$OUT/1M.cow"
+  timed t sh -c '"$0" changes --cow "$1" >/dev/null' "$LVMSYNC" "$OUT/1M.cow"
+  record changes "1M exceptions (4 KiB chunks)" $cache 0 "$t" ""
+done
+
+FOOTER="end $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
+log "$FOOTER"
+
+# ---------------------------------------------------------------- the table
+python3 - "$RESULTS" "$HEADER" "$FOOTER" >"$OUT/results.txt" <<'EOF'
+import sys
+print(sys.argv[2] + "; " + sys.argv[3])
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+by_key = {f"{s}/{c}/{k}": (float(b), float(t)) for s, c, k, b, t, _ in rows}
+print(f"{'section':8} {'case':34} {'cache':6} {'MB':>8} {'s':>8} {'MB/s':>8}  vs reference")
+for s, c, k, b, t, ref in rows:
+    b, t = float(b), float(t)
+    if s == "changes":
+        print(f"{s:8} {c:34} {k:6} {'':>8} {t:8.3f} {'':>8}  {1e6 / t / 1e6:.2f} M exceptions/s")
+        continue
+    rate = b / t / 1e6
+    note = ""
+    if ref:
+        rb, rt = by_key[ref]
+        if s == "e2e":
+            note = f"{rt / t:6.1f}x faster than {ref.split('/')[1]}"
+        else:
+            note = f"{rate / (rb / rt / 1e6) * 100:5.0f}% of {ref.split('/')[1]}"
+    print(f"{s:8} {c:34} {k:6} {b / 1e6:8.1f} {t:8.3f} {rate:8.1f}  {note}")
+EOF
+cat "$OUT/results.txt"

@@ -26,16 +26,15 @@ write_at /dev/$VG/data 50331648 1048576 "a bigger rewrite"
 run sync
 run lvs -o lv_name,snap_percent $VG/data-snap
 
-COW=/dev/mapper/$VG-data--snap-cow
 say "4. What changed since the snapshot (lvmsync changes)"
-run lvmsync changes --cow $COW --data-source /dev/$VG/data
+run lvmsync changes /dev/$VG/data-snap
 
 say "5. Send only those changes to the copy"
-run lvmsync --cow $COW --data-source /dev/$VG/data /dev/$VG/copy
-run lvmsync --stdout --cow $COW --data-source /dev/$VG/data > "$TMP/stream"
+run lvmsync /dev/$VG/data-snap /dev/$VG/copy
+run lvmsync --stdout /dev/$VG/data-snap > "$TMP/stream"
 sent=$(stat -c %s "$TMP/stream")
 size=$(blockdev --getsize64 /dev/$VG/data)
-echo "a change stream is $sent bytes for a $size-byte volume ($(awk -v a="$sent" -v b="$size" 'BEGIN { printf "%.2f", a * 100 / b }')%)"
+echo "the change stream is $sent bytes for a $size-byte volume ($(awk -v a="$sent" -v b="$size" 'BEGIN { printf "%.2f", a * 100 / b }')%)"
 
 say "6. The copy now equals the live data"
 same_md5 /dev/$VG/copy /dev/$VG/data

@@ -189,7 +189,7 @@ if [[ ${VMTEST_SHOW:-0} == 1 ]]; then
   # the scenarios' own output: from the runner's first line on, without
   # the runner's markers and kernel messages
   timeout -k 10 "$TIMEOUT" "${QEMU[@]}" < /dev/null 2>&1 | tr -d '\r' | tee "$OUT/console.log" |
-    awk '/^VMTEST BOOTED/ { on = 1; next }
+    awk '/VMTEST BOOTED/ { on = 1; next }
          on && !/^VMTEST/ && !/^\[ *[0-9]+\.[0-9]+\] / { print; fflush() }'
 else
   timeout -k 10 "$TIMEOUT" "${QEMU[@]}" < /dev/null 2>&1 | tr -d '\r' | tee "$OUT/console.log" |

@@ -8,7 +8,7 @@
 //!       device 2 := device 1 with CHANGES blocks remapped copy-on-write (shares all else).
 //!   thin_delta_bench delta META SNAP ORIGIN REPEATS
 //!       runs the native delta REPEATS times; prints best seconds, blocks read, subtrees
-//!       skipped, extents.
+//!       skipped, extents, read calls.
 //!   thin_delta_bench check META SNAP ORIGIN THIN_DELTA_XML
 //!       compares the native delta with thin_delta's output; exits 1 when they differ.
 
@@ -133,10 +133,11 @@ fn main() {
             }
             let (d, stats) = last.unwrap();
             println!(
-                "{best:.6} {} {} {}",
+                "{best:.6} {} {} {} {}",
                 stats.blocks_read,
                 stats.shared_subtrees_skipped,
-                d.extents.len()
+                d.extents.len(),
+                stats.read_calls
             );
         }
         Some("check") => {

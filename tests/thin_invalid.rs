@@ -135,3 +135,47 @@ fn garbage_and_short_files_are_refused() {
     assert!(matches!(err, ThinError::Io { .. }), "{err}");
     assert!(err.to_string().contains("missing"), "{err}");
 }
+
+/// A pool whose device 1 has a two-level tree (root over ~80 leaves); returns (meta, root).
+fn two_level_pool(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
+    let map: DeviceMap = (0..10_000u64).map(|b| (b * 3, (b * 3, 0))).collect();
+    let other: DeviceMap = (0..10u64).map(|b| (b, (b, 0))).collect();
+    let xml = dump_xml(128, 40_000, &[(1, &map), (2, &other)]);
+    let meta = restore(&xml, dir, "meta", 16);
+    let root = CowEditor::new(&meta).device_root(1);
+    assert!(
+        !node_entries(&read_block(&meta, root)).0,
+        "root should be internal"
+    );
+    (meta, root)
+}
+
+#[test]
+fn child_pointing_at_a_sibling_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, root) = two_level_pool(dir.path());
+    let mut b = read_block(&meta, root);
+    let (_, _, vals) = node_entries(&b);
+    set_value(&mut b, 1, vals[0]);
+    write_block(&meta, root, &mut b, NODE_SALT);
+    let err = thin::delta(&meta, 2, 1, MetadataRoot::Superblock).unwrap_err();
+    assert!(
+        matches!(&err, ThinError::Corrupt { block, .. } if *block == vals[0]),
+        "{err}"
+    );
+    assert!(err.to_string().contains("outside the range"), "{err}");
+}
+
+#[test]
+fn child_pointing_at_its_parent_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, root) = two_level_pool(dir.path());
+    let mut b = read_block(&meta, root);
+    set_value(&mut b, 1, root);
+    write_block(&meta, root, &mut b, NODE_SALT);
+    let err = thin::delta(&meta, 2, 1, MetadataRoot::Superblock).unwrap_err();
+    assert!(matches!(err, ThinError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("not balanced"), "{err}");
+    // Walking the whole device hits the same damage.
+    assert!(thin::mappings(&meta, 1, MetadataRoot::Superblock).is_err());
+}

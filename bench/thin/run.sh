@@ -8,9 +8,11 @@
 #   - native delta (examples/thin_delta_bench) on the shared pair (1,2) and the unshared (1,3);
 #   - thin_delta --snap1 1 --snap2 2|3 (walks both trees fully either way);
 #   - thin_dump of the whole pool, the input the Ruby lvmsync parsed.
-# Times are the best of REPEATS runs with the metadata file in the page cache.
+# Times are the best of REPEATS runs with the metadata file in the page cache. With LOOP=1 (root)
+# the metadata is also attached as a read-only loop device with direct I/O, which both readers
+# open with O_DIRECT: every metadata block read then goes to the disk, as on a real _tmeta.
 #
-# Usage: bench/thin/run.sh [MAPPINGS [CHANGES [REPEATS]]]   (defaults 2000000 100 3)
+# Usage: [LOOP=1] bench/thin/run.sh [MAPPINGS [CHANGES [REPEATS]]]   (defaults 2000000 100 3)
 set -euo pipefail
 MAPPINGS=${1:-2000000}
 CHANGES=${2:-100}
@@ -22,7 +24,12 @@ done
 CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} cargo build -q --release --example thin_delta_bench
 BENCH=target/release/examples/thin_delta_bench
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+loopdev=
+cleanup() {
+    if [[ -n $loopdev ]]; then losetup -d "$loopdev"; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
 meta=$work/meta.bin
 
 "$BENCH" gen-xml "$work/pool.xml" "$MAPPINGS" "$CHANGES" 1
@@ -49,20 +56,29 @@ maxrss() { /usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -1; }
 used_blocks=$(du -k "$meta" | cut -f1)
 echo "pool: $MAPPINGS mapped blocks per device, $CHANGES changed blocks, metadata $((used_blocks / 1024)) MiB allocated"
 echo
-printf '%-44s %10s %12s %10s %10s\n' "what" "seconds" "meta blocks" "skipped" "max RSS KiB"
+printf '%-44s %10s %12s %10s %10s\n' "what" "seconds" "blocks/reads" "skipped" "max RSS KiB"
 
 # Warm the page cache once.
 cat "$meta" >/dev/null
 
-for pair in "1 2 shared" "1 3 unshared"; do
-    set -- $pair
-    read -r secs blocks skipped extents < <("$BENCH" delta "$meta" "$1" "$2" "$REPEATS")
-    rss=$(maxrss "$BENCH" delta "$meta" "$1" "$2" 1)
-    printf '%-44s %10.4f %12s %10s %10s\n' "native delta $1->$2 ($3, $extents extents)" "$secs" "$blocks" "$skipped" "$rss"
-    secs=$(best_of "$REPEATS" thin_delta --snap1 "$1" --snap2 "$2" "$meta")
-    rss=$(maxrss thin_delta --snap1 "$1" --snap2 "$2" "$meta")
-    printf '%-44s %10s %12s %10s %10s\n' "thin_delta --snap1 $1 --snap2 $2 ($3)" "$secs" "-" "-" "$rss"
-done
+# compare LABEL FILE: native delta and thin_delta on both device pairs of FILE.
+compare() {
+    local label=$1 m=$2 secs blocks skipped extents calls rss
+    for pair in "1 2 shared" "1 3 unshared"; do
+        set -- $pair
+        read -r secs blocks skipped extents calls < <("$BENCH" delta "$m" "$1" "$2" "$REPEATS")
+        rss=$(maxrss "$BENCH" delta "$m" "$1" "$2" 1)
+        printf '%-44s %10.4f %12s %10s %10s\n' "native $1->$2 $3$label ($extents ext.)" "$secs" "$blocks/$calls" "$skipped" "$rss"
+        secs=$(best_of "$REPEATS" thin_delta --snap1 "$1" --snap2 "$2" "$m")
+        rss=$(maxrss thin_delta --snap1 "$1" --snap2 "$2" "$m")
+        printf '%-44s %10s %12s %10s %10s\n' "thin_delta $1->$2 $3$label" "$secs" "-" "-" "$rss"
+    done
+}
+compare "" "$meta"
+if [[ ${LOOP:-0} == 1 ]]; then
+    loopdev=$(losetup --find --show --read-only --direct-io=on "$meta")
+    compare " O_DIRECT" "$loopdev"
+fi
 secs=$(best_of "$REPEATS" thin_dump "$meta")
 rss=$(maxrss thin_dump "$meta")
 printf '%-44s %10s %12s %10s %10s\n' "thin_dump (whole pool, XML)" "$secs" "-" "-" "$rss"

@@ -122,6 +122,9 @@ pub struct ThinDelta {
 pub struct DeltaStats {
     /// Metadata blocks read, superblocks included.
     pub blocks_read: u64,
+    /// Read system calls issued (fewer than blocks on block devices, which are read a few
+    /// neighbouring blocks at a time).
+    pub read_calls: u64,
     /// Subtrees both devices share, skipped without reading them.
     pub shared_subtrees_skipped: u64,
 }
@@ -248,6 +251,7 @@ pub fn delta_with_stats(
     )?;
     let stats = DeltaStats {
         blocks_read: dev.blocks_read(),
+        read_calls: dev.reads(),
         shared_subtrees_skipped: counters.shared_subtrees_skipped,
     };
     Ok((

@@ -28,6 +28,8 @@
 #   lv_bytes VG/LV              size of an LV in bytes
 #   dm_name VG LV               device-mapper name (hyphens doubled)
 #   to_bytes SIZE               4k, 64K, 16M, 1G or plain bytes -> bytes
+#   held_metadata_root POOLDM   field 7 of a thin-pool's status ("-": none held)
+#   thin_mapped_sectors DMNAME  sectors a thin LV maps (its status, field 4)
 #
 # Environment set by the runner: VMTEST_FILES (files brought back to the host),
 # VMTEST_TMP (scratch space in RAM, wiped after the scenario), VMTEST_PATTERN
@@ -234,3 +236,8 @@ cow_old_chunks() {
   done
   sort -n "$TMP/cow-old"
 }
+
+# thin pools: the held metadata snapshot's block ("-" when none is held) of a
+# thin-pool target (e.g. VG-pool-tpool), and the sectors a thin LV maps
+held_metadata_root() { dmsetup status "$1" | awk '$3 == "thin-pool" { print $7 }'; }
+thin_mapped_sectors() { dmsetup status "$1" | awk '$3 == "thin" { print $4 }'; }

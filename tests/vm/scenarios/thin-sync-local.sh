@@ -59,9 +59,9 @@ save changes.txt lvmsync changes /dev/$VG/snap
 check_files_eq "lvmsync changes vs writes" "$FILES/changes.txt" "$FILES/expected-changes.txt"
 save changes-mapper.txt lvmsync changes /dev/mapper/$VG-snap
 check_files_eq "same list through /dev/mapper" "$FILES/changes-mapper.txt" "$FILES/expected-changes.txt"
-check_eq "no metadata snapshot held after 'changes'" "$(dmsetup status $POOL | awk '{ print $7 }')" "-"
+check_eq "no metadata snapshot held after 'changes'" "$(held_metadata_root $POOL)" "-"
 
 step "lvmsync SNAP DEST"
 run lvmsync -v /dev/$VG/snap /dev/$VG/dest
-check_eq "no metadata snapshot held after the sync" "$(dmsetup status $POOL | awk '{ print $7 }')" "-"
+check_eq "no metadata snapshot held after the sync" "$(held_metadata_root $POOL)" "-"
 same_content /dev/$VG/dest /dev/$VG/origin

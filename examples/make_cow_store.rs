@@ -144,7 +144,11 @@ fn store(args: &[String]) -> Res<()> {
     // Read it back through the reader that reads real kernel stores.
     let s = ExceptionStore::open(path)?;
     if s.chunk_bytes() != chunk_bytes || s.old_chunks()? != chunks {
-        return Err(format!("{}: the store does not read back as written", path.display()).into());
+        return Err(format!(
+            "{}: the store does not read back as written",
+            path.display()
+        )
+        .into());
     }
     let changes = s.changes(origin_bytes)?;
     println!(

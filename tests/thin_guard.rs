@@ -1,12 +1,10 @@
-//! Thin-pool status parsing (the held metadata root is field 7).
+//! Thin-pool status parsing (the held metadata root is field 7) and the metadata snapshot guard.
+
+mod thin_support;
 
 use lvmsync::source::thin::guard::parse_pool_status;
 use lvmsync::source::thin::ThinError;
-
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/lvm-2.03.16/thin"
-);
+use thin_support::FIXTURES;
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()
@@ -267,4 +265,37 @@ fn signals_release_the_snapshot_and_exit_with_128_plus_signal() {
         assert_eq!(state(&pool), "-", "{sig:?}");
         assert_eq!(log(&pool).matches("release_metadata_snap").count(), 1);
     }
+}
+
+/// The whole live path: reserve (the stand-in reports held root 61, as the real pool did when
+/// the fixture was captured), read the held copy of the superblock there, release.
+#[test]
+fn live_delta_reads_the_held_snapshot_and_releases_it() {
+    use thin_support::{gunzip_fixture, parse_thin_delta, read_block, write_block, SB_SALT};
+    fake_dmsetup();
+    let dir = tempfile::tempdir().unwrap();
+    let meta = gunzip_fixture("tmeta.img.gz", dir.path());
+    // What the kernel does on reserve_metadata_snap: copy the superblock to the held block
+    // and record that block in the superblock.
+    let mut sb = read_block(&meta, 0);
+    write_block(&meta, 61, &mut sb.clone(), SB_SALT);
+    sb[56..64].copy_from_slice(&61u64.to_le_bytes());
+    write_block(&meta, 0, &mut sb, SB_SALT);
+
+    let pool = "vg0-live-tpool";
+    let d = lvmsync::source::thin::delta_live(pool, &meta, 2, 1).unwrap();
+    let xml = std::fs::read_to_string(format!("{FIXTURES}/thin_delta.xml")).unwrap();
+    assert_eq!(d.extents, parse_thin_delta(&xml).1);
+    assert_eq!(state(pool), "-");
+    assert_eq!(log(pool).matches("release_metadata_snap").count(), 1);
+
+    // A failing read still releases.
+    let pool = "vg0-live2-tpool";
+    let err = lvmsync::source::thin::delta_live(pool, &meta, 2, 9).unwrap_err();
+    assert!(
+        matches!(err, ThinError::DeviceNotFound { dev_id: 9, .. }),
+        "{err}"
+    );
+    assert_eq!(state(pool), "-");
+    assert_eq!(log(pool).matches("release_metadata_snap").count(), 1);
 }

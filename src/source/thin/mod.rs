@@ -216,6 +216,24 @@ pub fn delta(
     delta_with_stats(metadata, snap_id, origin_id, root).map(|(d, _)| d)
 }
 
+/// [`delta`] on an active pool: reserves a metadata snapshot of the pool `pool_dm_name` (its
+/// `thin-pool` target, e.g. `vg0-pool-tpool`), reads it from `metadata` (the pool's `_tmeta`
+/// device) and releases it, also when reading fails.
+pub fn delta_live(
+    pool_dm_name: &str,
+    metadata: &Path,
+    snap_id: u64,
+    origin_id: u64,
+) -> Result<ThinDelta, ThinError> {
+    let guard = MetadataSnapGuard::reserve(pool_dm_name)?;
+    let root = MetadataRoot::HeldSnapshot(Some(guard.held_root()));
+    let result = delta(metadata, snap_id, origin_id, root);
+    let released = guard.release();
+    let d = result?;
+    released?;
+    Ok(d)
+}
+
 /// [`delta`], also reporting how much metadata it had to read.
 pub fn delta_with_stats(
     metadata: &Path,

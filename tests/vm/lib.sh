@@ -7,6 +7,8 @@
 #                               (or time-out) ends the scenario as FAIL
 #   save NAME CMD...            like run, stdout kept as $FILES/NAME
 #   expect_fail CMD...          CMD must exit non-zero (a time-out is a failure)
+#   expect_error TEXT CMD...    CMD must fail with one line on stderr containing
+#                               TEXT (kept in $TMP/err)
 #   fail TEXT                   end the scenario as FAIL
 #   check_eq WHAT GOT WANT      compare two strings
 #   check_files_eq WHAT GOT WANT  compare two text files (diff shown on mismatch)
@@ -241,3 +243,17 @@ cow_old_chunks() {
 # thin-pool target (e.g. VG-pool-tpool), and the sectors a thin LV maps
 held_metadata_root() { dmsetup status "$1" | awk '$3 == "thin-pool" { print $7 }'; }
 thin_mapped_sectors() { dmsetup status "$1" | awk '$3 == "thin" { print $4 }'; }
+
+expect_error() {
+  _text=$1
+  shift
+  echo "+ (must fail with '$_text') $*" >&2
+  timeout -k 5 "$CMD_TIMEOUT" "$@" > "$TMP/out" 2> "$TMP/err"
+  _rc=$?
+  sed 's/^/  stderr: /' "$TMP/err" >&2
+  _timed_out $_rc && fail "timed out after ${CMD_TIMEOUT}s: $*"
+  [ $_rc != 0 ] || fail "succeeded but must fail: $*"
+  [ "$(wc -l < "$TMP/err")" = 1 ] || fail "want one line on stderr, got $(wc -l < "$TMP/err"): $*"
+  grep -qF -- "$_text" "$TMP/err" || fail "the error does not say '$_text': $*"
+  return 0
+}

@@ -54,7 +54,7 @@ fail() {
 _timed_out() { [ "$1" = 143 ] || [ "$1" = 137 ]; }
 
 run() {
-  echo "+ $*" >&2
+  echo "+ [$(up)] $*" >&2
   timeout -k 5 "$CMD_TIMEOUT" "$@"
   _rc=$?
   _timed_out $_rc && fail "timed out after ${CMD_TIMEOUT}s: $*"
@@ -69,7 +69,7 @@ save() {
 }
 
 expect_fail() {
-  echo "+ (must fail) $*" >&2
+  echo "+ [$(up)] (must fail) $*" >&2
   timeout -k 5 "$CMD_TIMEOUT" "$@"
   _rc=$?
   _timed_out $_rc && fail "timed out after ${CMD_TIMEOUT}s: $*"

@@ -219,6 +219,16 @@ for n in "${names[@]}"; do
     fi
   done < "$d/host-checks.txt"
 done
+# a VM that never wrote its archive (hung, killed) still announced each
+# finished scenario on the console
+if ((!reported)); then
+  while read -r _ _ n st secs; do
+    [[ -e $OUT/scenarios/$n/status ]] && continue
+    mkdir -p "$OUT/scenarios/$n"
+    echo "$st" > "$OUT/scenarios/$n/status"
+    echo "$secs" > "$OUT/scenarios/$n/seconds"
+  done < <(grep -a '^VMTEST RESULT ' "$OUT/console.log" || true)
+fi
 pass=0 failed=0
 echo
 for n in "${names[@]}"; do

@@ -303,25 +303,8 @@ fn applies_onto_a_loop_device() {
     let (cow, before, after) = common::classic_fixture(dir.path());
     let backing = dir.path().join("backing");
     common::copy(&before, &backing);
-    let out = std::process::Command::new("losetup")
-        .args(["--find", "--show", p(&backing)])
-        .output()
-        .expect("losetup (util-linux) is needed");
-    assert!(
-        out.status.success(),
-        "losetup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let loopdev = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("losetup")
-                .args(["-d", &self.0])
-                .status();
-        }
-    }
-    let _guard = Detach(loopdev.clone());
+    let dev = common::LoopDevice::attach(&backing);
+    let loopdev = dev.0.clone();
     let sb = dir.path().join("sb");
     ok(&run(&[
         "--cow",

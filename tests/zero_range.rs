@@ -43,24 +43,6 @@ fn block_device_ranges_read_zeros() {
     let f = dir.path().join("backing");
     let content = common::pattern(1 << 20, 6);
     std::fs::write(&f, &content).unwrap();
-    let out = std::process::Command::new("losetup")
-        .args(["--find", "--show", f.to_str().unwrap()])
-        .output()
-        .expect("losetup (util-linux) is needed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("losetup")
-                .args(["-d", &self.0])
-                .status();
-        }
-    }
-    let _guard = Detach(dev.clone());
-    check(Path::new(&dev), &content);
+    let dev = common::LoopDevice::attach(&f);
+    check(Path::new(&dev.0), &content);
 }

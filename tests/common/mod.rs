@@ -59,3 +59,29 @@ pub fn copy(from: &Path, to: &Path) {
 pub fn same(a: &Path, b: &Path) -> bool {
     std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
 }
+
+/// A loop device over a file, detached when dropped (the tests run as root, like the receiver).
+pub struct LoopDevice(pub String);
+
+impl LoopDevice {
+    pub fn attach(backing: &Path) -> LoopDevice {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show", backing.to_str().unwrap()])
+            .output()
+            .expect("losetup (util-linux) is needed");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LoopDevice(String::from_utf8(out.stdout).unwrap().trim().to_string())
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}

@@ -57,7 +57,7 @@ fn fill(buf: &mut [u8], pos: u64, seed: u64) {
     }
 }
 
-const OTHER_SEED: u64 = 0x5eed_0f_d1ff;
+const OTHER_SEED: u64 = 0x005e_ed0f_d1ff;
 
 fn image(path: &Path, bytes: u64, seed: u64, differ: Option<&Path>) -> Res<()> {
     let f = OpenOptions::new()

@@ -24,6 +24,16 @@ const BLKFLSBUF: rustix::ioctl::Opcode = rustix::ioctl::opcode::none(0x12, 97);
 /// Alignment of O_DIRECT buffers, offsets and lengths (the largest logical block size in use).
 pub const DIRECT_ALIGN: usize = 4096;
 
+/// `LVMSYNC_DIRECT_IO=on|off` forces O_DIRECT on or off where lvmsync would choose by itself
+/// (for measuring; see docs/performance.md). `None`: let lvmsync choose.
+pub fn direct_io_override() -> Option<bool> {
+    match std::env::var("LVMSYNC_DIRECT_IO").as_deref() {
+        Ok("on") => Some(true),
+        Ok("off") => Some(false),
+        _ => None,
+    }
+}
+
 /// What kind of thing a path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
@@ -107,6 +117,17 @@ impl Device {
         }
     }
 
+    /// Opens a data source read-only with O_DIRECT (reads must then be aligned to
+    /// [`DIRECT_ALIGN`] in offset, length and buffer address).
+    pub fn open_read_direct(path: &Path) -> Result<Device> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(path)
+            .ctx(|| format!("{}: cannot open for direct reading", path.display()))?;
+        Self::wrap(path, file)
+    }
+
     /// Opens a destination read-write. It must already exist: lvmsync never creates or
     /// truncates a destination.
     pub fn open_write(path: &Path) -> Result<Device> {
@@ -115,6 +136,17 @@ impl Device {
             .write(true)
             .open(path)
             .ctx(|| format!("{}: cannot open for writing", path.display()))?;
+        Self::wrap(path, file)
+    }
+
+    /// Opens a destination read-write with O_DIRECT (never creating or truncating it).
+    pub fn open_write_direct(path: &Path) -> Result<Device> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(path)
+            .ctx(|| format!("{}: cannot open for direct writing", path.display()))?;
         Self::wrap(path, file)
     }
 
@@ -215,6 +247,71 @@ impl AlignedBuf {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..self.start + self.len]
     }
+}
+
+/// A growable byte buffer whose start is aligned for O_DIRECT (records gathered for writing).
+pub struct AlignedVec {
+    buf: AlignedBuf,
+    len: usize,
+}
+
+impl AlignedVec {
+    pub fn with_capacity(capacity: usize) -> Self {
+        AlignedVec {
+            buf: AlignedBuf::new(capacity),
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf.as_slice()[..self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.buf.as_mut_slice()[..self.len]
+    }
+
+    /// Grows the contents to `len` bytes (new bytes are unspecified), keeping what is there.
+    pub fn resize(&mut self, len: usize) {
+        if len > self.buf.len {
+            let mut bigger = AlignedBuf::new(len.max(self.buf.len * 2));
+            bigger.as_mut_slice()[..self.len].copy_from_slice(self.as_slice());
+            self.buf = bigger;
+        }
+        self.len = len;
+    }
+
+    /// Pads the contents with zeros up to a multiple of [`DIRECT_ALIGN`].
+    pub fn align_end(&mut self) {
+        let at = self.len;
+        self.resize(at.next_multiple_of(DIRECT_ALIGN));
+        self.buf.as_mut_slice()[at..self.len].fill(0);
+    }
+
+    pub fn extend_from_slice(&mut self, data: &[u8]) {
+        let at = self.len;
+        self.resize(at + data.len());
+        self.buf.as_mut_slice()[at..at + data.len()].copy_from_slice(data);
+    }
+}
+
+/// Whether a read or write at `offset` of `len` bytes from `buf` meets O_DIRECT's alignment.
+pub fn direct_aligned(offset: u64, buf: &[u8]) -> bool {
+    offset.is_multiple_of(DIRECT_ALIGN as u64)
+        && buf.len().is_multiple_of(DIRECT_ALIGN)
+        && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
 }
 
 /// Reads as much of `buf` as the file has at `offset`; returns the count (short only at EOF).

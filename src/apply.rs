@@ -7,23 +7,37 @@
 //!   format) is write-ahead: a batch's old contents are durable before the batch overwrites the
 //!   destination, so after a crash at any point applying the snapback rolls the destination back;
 //! - the destination and the snapback are fsynced before success is reported.
+//!
+//! Speed: the calling thread reads and verifies the stream into batches; a second thread takes
+//! each batch in turn and reads the old contents (snapback), makes them durable, then writes the
+//! batch, with up to [`QUEUE_DEPTH`] reads or writes in flight at once. Records aligned to
+//! [`DIRECT_ALIGN`] are read and written with O_DIRECT from aligned buffers. Records within a
+//! batch are disjoint (an overlap starts a new batch), so their order of writing does not matter.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crate::blockdev::{read_full_at, Device};
+use crossbeam_channel::bounded;
+
+use crate::blockdev::{
+    direct_aligned, direct_io_override, read_full_at, AlignedVec, Device, DIRECT_ALIGN,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::stream::{
     Format, Record, StreamInfo, StreamReader, StreamTotals, StreamWriter, WriterOptions,
 };
 
-/// Bytes of new data gathered before a snapback batch is made durable and written.
+/// Bytes of new data gathered before a batch is handed to the writing thread.
 const BATCH_BYTES: usize = 32 << 20;
+/// Records gathered before a batch is handed over, whatever their size.
+const BATCH_RECORDS: usize = 65536;
+/// Reads or writes in flight at once.
+const QUEUE_DEPTH: usize = 32;
 
 #[derive(Debug, Clone, Default)]
 pub struct ApplyOptions {
@@ -60,41 +74,71 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
         Some(path) => Some(Snapback::create(path, opts.force, &info, dev.size)?),
         None => None,
     };
-    let mut target = Target {
-        dev,
-        path: dest.to_owned(),
-        written: WrittenRanges::default(),
+    // Without O_DIRECT (some file systems), every record goes through the page cache.
+    let direct = match direct_io_override() {
+        Some(false) => None,
+        _ => Device::open_write_direct(dest).ok().map(|d| d.file),
     };
-    let mut batch = Batch::default();
-    while let Some(record) = reader.next_record()? {
-        let (offset, len) = match record {
-            Record::Data { offset, data } => (offset, data.len() as u64),
-            Record::Zero { offset, len } => (offset, len),
-        };
-        target.check_bounds(offset, len)?;
-        match &mut snapback {
-            None => target.write(&record)?,
-            Some(_) => {
-                target.written.insert_disjoint(offset, len).map_err(|_| {
-                    Error::Invalid(format!(
-                        "record at byte {offset} overlaps an earlier record: cannot keep an exact snapback for this stream"
-                    ))
-                })?;
+    if snapback.is_some() {
+        // Old contents are read at scattered places: no read-ahead.
+        let _ = rustix::fs::fadvise(&dev.file, 0, None, rustix::fs::Advice::Random);
+    }
+    let target = Target {
+        dev,
+        direct,
+        path: dest.to_owned(),
+    };
+    let mut written = WrittenRanges::default();
+    let keep_snapback = snapback.is_some();
+    let (full_tx, full_rx) = bounded::<Batch>(1);
+    let (empty_tx, empty_rx) = bounded::<Batch>(2);
+    let (totals, snapback_totals) = std::thread::scope(|scope| {
+        let target = &target;
+        let flusher = scope.spawn(move || -> Result<Option<StreamTotals>> {
+            for mut batch in full_rx {
+                batch.flush(target, snapback.as_mut())?;
+                let _ = empty_tx.try_send(batch);
+            }
+            match snapback {
+                Some(sb) => Ok(Some(sb.finish()?)),
+                None => Ok(None),
+            }
+        });
+        let read = (|| -> Result<StreamTotals> {
+            let mut batch = Batch::default();
+            while let Some(record) = reader.next_record()? {
+                let (offset, len) = match record {
+                    Record::Data { offset, data } => (offset, data.len() as u64),
+                    Record::Zero { offset, len } => (offset, len),
+                };
+                target.check_bounds(offset, len)?;
+                if keep_snapback {
+                    written.insert_disjoint(offset, len).map_err(|_| {
+                        Error::Invalid(format!(
+                            "record at byte {offset} overlaps an earlier record: cannot keep an exact snapback for this stream"
+                        ))
+                    })?;
+                }
+                if batch.overlaps(offset, len) {
+                    // Overlapping records must land in stream order: the earlier batch first.
+                    batch = hand_over(batch, &full_tx, &empty_rx)?;
+                }
                 batch.push(&record);
-                if batch.data.len() >= BATCH_BYTES || batch.ops.len() >= 65536 {
-                    batch.flush(&target, snapback.as_mut().unwrap())?;
+                if batch.data.len() >= BATCH_BYTES || batch.ops.len() >= BATCH_RECORDS {
+                    batch = hand_over(batch, &full_tx, &empty_rx)?;
                 }
             }
-        }
-    }
-    let totals = reader.totals();
-    let snapback_totals = match snapback {
-        Some(mut sb) => {
-            batch.flush(&target, &mut sb)?;
-            Some(sb.finish()?)
-        }
-        None => None,
-    };
+            if !batch.ops.is_empty() {
+                hand_over(batch, &full_tx, &empty_rx)?;
+            }
+            Ok(reader.totals())
+        })();
+        drop(full_tx);
+        let flushed = flusher.join().expect("apply writer thread panicked");
+        // A failed write explains why the stream could not be handed over: report it first.
+        let snapback_totals = flushed?;
+        Ok::<_, Error>((read?, snapback_totals))
+    })?;
     target
         .dev
         .sync()
@@ -106,10 +150,22 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
     })
 }
 
+/// Hands a full batch to the writing thread; returns an empty one to fill next.
+fn hand_over(
+    batch: Batch,
+    full: &crossbeam_channel::Sender<Batch>,
+    empty: &crossbeam_channel::Receiver<Batch>,
+) -> Result<Batch> {
+    full.send(batch)
+        .map_err(|_| Error::Invalid("the apply writer stopped".into()))?;
+    Ok(empty.try_recv().unwrap_or_default())
+}
+
 struct Target {
     dev: Device,
+    /// The destination opened with O_DIRECT, for aligned records.
+    direct: Option<File>,
     path: PathBuf,
-    written: WrittenRanges,
 }
 
 impl Target {
@@ -124,12 +180,69 @@ impl Target {
         }
     }
 
-    fn write(&self, record: &Record<'_>) -> Result<()> {
-        match *record {
-            Record::Data { offset, data } => self.dev.file.write_all_at(data, offset),
-            Record::Zero { offset, len } => self.dev.zero_range(offset, len),
+    /// The file to do I/O on `buf` at `offset` with: O_DIRECT when aligned.
+    fn file_for(&self, offset: u64, buf: &[u8]) -> &File {
+        match &self.direct {
+            Some(direct) if direct_aligned(offset, buf) => direct,
+            _ => &self.dev.file,
         }
-        .ctx(|| format!("{}: write failed", self.path.display()))
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.file_for(offset, data)
+            .write_all_at(data, offset)
+            .ctx(|| format!("{}: write failed", self.path.display()))
+    }
+
+    fn zero(&self, offset: u64, len: u64) -> Result<()> {
+        self.dev
+            .zero_range(offset, len)
+            .ctx(|| format!("{}: write failed", self.path.display()))
+    }
+
+    /// Reads the old contents at `offset` into `buf`, which must be filled.
+    fn read_old(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let file = self.file_for(offset, buf);
+        let got = read_full_at(file, buf, offset)
+            .ctx(|| format!("{}: cannot read old contents", self.path.display()))?;
+        if got != buf.len() {
+            return Err(Error::Invalid(format!(
+                "{}: destination ends inside a record at byte {}",
+                self.path.display(),
+                offset + got as u64
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `work` on every item with up to [`QUEUE_DEPTH`] threads; the first error wins.
+fn in_parallel<T: Send>(items: Vec<T>, work: impl Fn(T) -> Result<()> + Sync) -> Result<()> {
+    let threads = items.len().min(QUEUE_DEPTH);
+    if threads <= 1 {
+        return items.into_iter().try_for_each(work);
+    }
+    let queue = Mutex::new(items.into_iter());
+    let failed = AtomicBool::new(false);
+    let first_error = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let Some(item) = queue.lock().unwrap().next() else {
+                        break;
+                    };
+                    if let Err(e) = work(item) {
+                        failed.store(true, Ordering::Relaxed);
+                        first_error.lock().unwrap().get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().unwrap() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
@@ -182,6 +295,7 @@ impl WrittenRanges {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Op {
     Data {
         offset: u64,
@@ -194,71 +308,155 @@ enum Op {
     },
 }
 
-/// Records held back until their snapback is durable.
-#[derive(Default)]
+impl Op {
+    fn range(&self) -> (u64, u64) {
+        match *self {
+            Op::Data { offset, len, .. } => (offset, len as u64),
+            Op::Zero { offset, len } => (offset, len),
+        }
+    }
+}
+
+/// Records gathered for the writing thread (and held back until their snapback is durable).
 struct Batch {
     ops: Vec<Op>,
-    data: Vec<u8>,
+    /// Payloads, each aligned record at an aligned place.
+    data: AlignedVec,
+    /// Old contents read for the snapback, same layout as `data`.
+    old: AlignedVec,
+    /// Disjoint ranges covered so far, to detect an overlap.
+    covered: Vec<(u64, u64)>,
+    sorted_end: Option<u64>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            ops: Vec::new(),
+            data: AlignedVec::with_capacity(BATCH_BYTES + (1 << 20)),
+            old: AlignedVec::with_capacity(0),
+            covered: Vec::new(),
+            sorted_end: Some(0),
+        }
+    }
 }
 
 impl Batch {
-    fn push(&mut self, record: &Record<'_>) {
-        match *record {
-            Record::Data { offset, data } => {
-                let start = self.data.len();
-                self.data.extend_from_slice(data);
-                self.ops.push(Op::Data {
-                    offset,
-                    start,
-                    len: data.len(),
-                });
-            }
-            Record::Zero { offset, len } => self.ops.push(Op::Zero { offset, len }),
+    /// Whether `[offset, offset + len)` overlaps a record already in the batch.
+    fn overlaps(&self, offset: u64, len: u64) -> bool {
+        if len == 0 {
+            return false;
+        }
+        match self.sorted_end {
+            // The common case: records arrive in increasing order.
+            Some(end) if offset >= end => false,
+            _ => self
+                .covered
+                .iter()
+                .any(|&(s, e)| offset < e && s < offset + len),
         }
     }
 
-    /// Saves the old contents of every range in the batch, makes them durable, then writes.
-    fn flush(&mut self, target: &Target, snapback: &mut Snapback) -> Result<()> {
-        if self.ops.is_empty() {
-            return Ok(());
-        }
-        for op in &self.ops {
-            let (offset, len) = match *op {
-                Op::Data { offset, len, .. } => (offset, len as u64),
-                Op::Zero { offset, len } => (offset, len),
-            };
-            snapback.save(&target.dev.file, &target.path, offset, len)?;
-        }
-        snapback.make_durable()?;
-        for op in &self.ops {
-            let record = match *op {
-                Op::Data { offset, start, len } => Record::Data {
+    fn push(&mut self, record: &Record<'_>) {
+        let op = match *record {
+            Record::Data { offset, data } => {
+                if offset.is_multiple_of(DIRECT_ALIGN as u64)
+                    && data.len().is_multiple_of(DIRECT_ALIGN)
+                {
+                    self.data.align_end();
+                }
+                let start = self.data.len();
+                self.data.extend_from_slice(data);
+                Op::Data {
                     offset,
-                    data: &self.data[start..start + len],
-                },
-                Op::Zero { offset, len } => Record::Zero { offset, len },
+                    start,
+                    len: data.len(),
+                }
+            }
+            Record::Zero { offset, len } => Op::Zero { offset, len },
+        };
+        let (offset, len) = op.range();
+        if len > 0 {
+            self.sorted_end = match self.sorted_end {
+                Some(end) if offset >= end => Some(offset + len),
+                _ => None,
             };
-            target.write(&record)?;
+            self.covered.push((offset, offset + len));
         }
+        self.ops.push(op);
+    }
+
+    fn clear(&mut self) {
         self.ops.clear();
         self.data.clear();
+        self.old.clear();
+        self.covered.clear();
+        self.sorted_end = Some(0);
+    }
+
+    /// Saves the old contents of every range in the batch and makes them durable, then writes
+    /// the batch.
+    fn flush(&mut self, target: &Target, snapback: Option<&mut Snapback>) -> Result<()> {
+        if let Some(snapback) = snapback {
+            let old_at = self.read_old(target)?;
+            for (op, &at) in self.ops.iter().zip(&old_at) {
+                let (offset, len) = op.range();
+                snapback.save(offset, &self.old.as_slice()[at..at + len as usize])?;
+            }
+            snapback.make_durable()?;
+        }
+        let data = self.data.as_slice();
+        in_parallel(self.ops.clone(), |op| match op {
+            Op::Data { offset, start, len } => target.write(offset, &data[start..start + len]),
+            Op::Zero { offset, len } => target.zero(offset, len),
+        })?;
+        self.clear();
         Ok(())
+    }
+
+    /// Reads the destination's current contents of every op into `old`, in parallel; returns
+    /// where each op's old contents start (aligned ranges at aligned places).
+    fn read_old(&mut self, target: &Target) -> Result<Vec<usize>> {
+        self.old.clear();
+        let mut old_at = Vec::with_capacity(self.ops.len());
+        for op in &self.ops {
+            let (offset, len) = op.range();
+            if offset.is_multiple_of(DIRECT_ALIGN as u64) && len.is_multiple_of(DIRECT_ALIGN as u64)
+            {
+                self.old.align_end();
+            }
+            old_at.push(self.old.len());
+            self.old.resize(self.old.len() + len as usize);
+        }
+        let mut pieces: Vec<(u64, &mut [u8])> = Vec::with_capacity(self.ops.len());
+        let mut rest = self.old.as_mut_slice();
+        let mut at = 0;
+        for (op, &start) in self.ops.iter().zip(&old_at) {
+            let (offset, len) = op.range();
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(start - at);
+            let (piece, tail) = tail.split_at_mut(len as usize);
+            pieces.push((offset, piece));
+            rest = tail;
+            at = start + len as usize;
+        }
+        in_parallel(pieces, |(offset, buf)| target.read_old(offset, buf))?;
+        Ok(old_at)
     }
 }
 
 /// The snapback file, shared between its stream writer and the code that makes it durable.
 #[derive(Clone)]
-struct SharedFile(Rc<RefCell<BufWriter<File>>>);
+struct SharedFile(Arc<Mutex<BufWriter<File>>>);
 
 impl Write for SharedFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.borrow_mut().write(buf)
+        self.0.lock().unwrap().write(buf)
     }
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.0.borrow_mut().write_all(buf)
+        self.0.lock().unwrap().write_all(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.borrow_mut().flush()
+        self.0.lock().unwrap().flush()
     }
 }
 
@@ -267,7 +465,6 @@ struct Snapback {
     path: PathBuf,
     file: SharedFile,
     writer: StreamWriter<SharedFile>,
-    buf: Vec<u8>,
 }
 
 impl Snapback {
@@ -311,7 +508,7 @@ impl Snapback {
                 _ => None,
             },
         };
-        let file = SharedFile(Rc::new(RefCell::new(BufWriter::with_capacity(
+        let file = SharedFile(Arc::new(Mutex::new(BufWriter::with_capacity(
             1 << 20,
             file,
         ))));
@@ -320,42 +517,26 @@ impl Snapback {
             path: path.to_owned(),
             file,
             writer,
-            buf: Vec::new(),
         })
     }
 
-    fn save(&mut self, dest: &File, dest_path: &Path, offset: u64, len: u64) -> Result<()> {
-        let mut pos = offset;
-        let end = offset + len;
-        while pos < end {
-            let n = (end - pos).min(crate::stream::MAX_RECORD_DATA as u64) as usize;
-            self.buf.resize(n, 0);
-            let got = read_full_at(dest, &mut self.buf, pos)
-                .ctx(|| format!("{}: cannot read old contents", dest_path.display()))?;
-            if got != n {
-                return Err(Error::Invalid(format!(
-                    "{}: destination ends inside a record at byte {}",
-                    dest_path.display(),
-                    pos + got as u64
-                )));
-            }
-            self.writer.data(pos, &self.buf)?;
-            pos += n as u64;
-        }
+    /// Appends the old contents `old` of the destination at `offset`.
+    fn save(&mut self, offset: u64, old: &[u8]) -> Result<()> {
+        self.writer.data(offset, old)?;
         Ok(())
     }
 
     fn make_durable(&mut self) -> Result<()> {
         let ctx = || format!("{}: cannot write snapback", self.path.display());
         self.writer.flush()?;
-        let mut sink = self.file.0.borrow_mut();
+        let mut sink = self.file.0.lock().unwrap();
         sink.flush().ctx(ctx)?;
         sink.get_ref().sync_data().ctx(ctx)
     }
 
     fn finish(self) -> Result<StreamTotals> {
         let (_, totals) = self.writer.finish()?;
-        let mut sink = self.file.0.borrow_mut();
+        let mut sink = self.file.0.lock().unwrap();
         let ctx = || format!("{}: cannot write snapback", self.path.display());
         sink.flush().ctx(ctx)?;
         sink.get_ref().sync_all().ctx(ctx)?;

@@ -12,9 +12,13 @@
 //! `old_chunk` is the chunk of the origin whose original content was saved: exactly the chunks
 //! written since the snapshot was taken.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crossbeam_channel::bounded;
 
 use crate::blockdev::{read_full_at, AlignedBuf, Device};
 use crate::error::{Error, IoContext, Result};
@@ -26,6 +30,8 @@ pub const SNAPSHOT_DISK_VERSION: u32 = 1;
 const EXCEPTION_BYTES: u64 = 16;
 /// The kernel caps chunks at 512 KiB (1024 sectors); anything above is not a real store.
 const MAX_CHUNK_BYTES: u64 = 512 << 10;
+/// Metadata-area reads in flight while listing a large table.
+const AREA_READS_IN_FLIGHT: usize = 16;
 
 /// The header in chunk 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,35 +127,86 @@ impl ExceptionStore {
     }
 
     /// The origin chunk of every exception, in table order (not sorted).
+    ///
+    /// Metadata areas are one chunk each, a data area apart: one small read per area. A large
+    /// table means thousands of them, so up to [`AREA_READS_IN_FLIGHT`] are read at once (a
+    /// little past the end of the table at most), and parsed in order.
     pub fn old_chunks(&self) -> Result<Vec<u64>> {
         let cb = self.chunk_bytes();
         let per_area = cb / EXCEPTION_BYTES;
         let store_chunks = self.dev.size / cb;
-        let mut area_buf = AlignedBuf::new(cb as usize);
-        let mut chunks = Vec::new();
-        for area in 0u64.. {
-            let chunk = 1 + area * (per_area + 1);
-            if chunk >= store_chunks {
-                if area == 0 {
-                    return Err(cow_err(&self.path, "no metadata area after the header"));
-                }
-                // The previous area was full and the device ends here: end of the table.
-                break;
-            }
-            let n = read_full_at(&self.dev.file, area_buf.as_mut_slice(), chunk * cb)
-                .ctx(|| format!("{}: cannot read metadata area {area}", self.path.display()))?;
-            if (n as u64) < cb {
-                return Err(cow_err(
-                    &self.path,
-                    format!("metadata area {area} is cut short ({n} of {cb} bytes)"),
-                ));
-            }
-            let full = self.parse_area(area, area_buf.as_slice(), store_chunks, &mut chunks)?;
-            if !full {
-                break;
-            }
+        // Areas that start inside the device.
+        let areas = store_chunks.saturating_sub(1).div_ceil(per_area + 1);
+        if areas == 0 {
+            return Err(cow_err(&self.path, "no metadata area after the header"));
         }
-        Ok(chunks)
+        let next = AtomicU64::new(0);
+        let stop = AtomicBool::new(false);
+        let threads = AREA_READS_IN_FLIGHT.min(areas as usize);
+        let (done_tx, done_rx) = bounded::<(u64, Result<AlignedBuf>)>(threads * 2);
+        let (free_tx, free_rx) = bounded::<AlignedBuf>(threads * 2);
+        for _ in 0..threads * 2 {
+            free_tx.send(AlignedBuf::new(cb as usize)).unwrap();
+        }
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                let (done_tx, free_rx, next, stop) =
+                    (done_tx.clone(), free_rx.clone(), &next, &stop);
+                scope.spawn(move || {
+                    // A buffer first, then an area: the next area to parse always has a buffer.
+                    while let Ok(mut buf) = free_rx.recv() {
+                        let area = next.fetch_add(1, Ordering::SeqCst);
+                        if area >= areas || stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let res = self.read_area(area, cb, per_area, &mut buf).map(|()| buf);
+                        if done_tx.send((area, res)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(done_tx);
+            let result = (|| {
+                let mut chunks = Vec::new();
+                let mut waiting = BTreeMap::new();
+                for area in 0..areas {
+                    let buf = loop {
+                        if let Some(buf) = waiting.remove(&area) {
+                            break buf;
+                        }
+                        let (a, res) = done_rx
+                            .recv()
+                            .map_err(|_| cow_err(&self.path, "area readers ended early"))?;
+                        waiting.insert(a, res?);
+                    };
+                    let full = self.parse_area(area, buf.as_slice(), store_chunks, &mut chunks)?;
+                    let _ = free_tx.send(buf);
+                    if !full {
+                        return Ok(chunks);
+                    }
+                }
+                // The last area was full and the device ends after it: end of the table.
+                Ok(chunks)
+            })();
+            stop.store(true, Ordering::Relaxed);
+            drop(free_tx);
+            drop(done_rx);
+            result
+        })
+    }
+
+    fn read_area(&self, area: u64, cb: u64, per_area: u64, buf: &mut AlignedBuf) -> Result<()> {
+        let chunk = 1 + area * (per_area + 1);
+        let n = read_full_at(&self.dev.file, buf.as_mut_slice(), chunk * cb)
+            .ctx(|| format!("{}: cannot read metadata area {area}", self.path.display()))?;
+        if (n as u64) < cb {
+            return Err(cow_err(
+                &self.path,
+                format!("metadata area {area} is cut short ({n} of {cb} bytes)"),
+            ));
+        }
+        Ok(())
     }
 
     /// Appends an area's exceptions to `out`; returns whether the area was full.

@@ -110,9 +110,38 @@ struct Frame {
     idx: usize,
     /// Height of this node (0 = leaf).
     height: u32,
+    /// Lower bound of keys in this node, from the parent.
+    lower: u64,
     /// Exclusive upper bound of keys in this node, from the parent (None = unbounded).
     upper: Option<u64>,
     block: u64,
+}
+
+/// The key range an internal node covers and its children, as seen from a cursor.
+pub struct InternalView<'a> {
+    /// Height of the node (its children are one lower).
+    pub height: u32,
+    pub lower: u64,
+    /// Exclusive; None = unbounded.
+    pub upper: Option<u64>,
+    pub node: &'a Node,
+}
+
+impl InternalView<'_> {
+    /// Whether this node's range contains all of `[lower, upper)`.
+    pub fn covers(&self, lower: u64, upper: Option<u64>) -> bool {
+        self.lower <= lower
+            && match (self.upper, upper) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(a), Some(b)) => b <= a,
+            }
+    }
+
+    /// Child block numbers.
+    pub fn children(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.node.len()).map(|i| self.node.value_u64(i))
+    }
 }
 
 /// An in-order cursor over a tree with u64 leaf values that can skip subtrees unread.
@@ -235,10 +264,41 @@ impl Cursor {
             node,
             idx: 0,
             height,
+            lower,
             upper,
             block,
         });
         Ok(())
+    }
+
+    /// The internal node this cursor has open at `height`, if any.
+    pub fn open_internal(&self, height: u32) -> Option<InternalView<'_>> {
+        self.stack
+            .iter()
+            .rev()
+            .find(|f| f.height == height && !f.node.leaf)
+            .map(|f| InternalView {
+                height: f.height,
+                lower: f.lower,
+                upper: f.upper,
+                node: &f.node,
+            })
+    }
+
+    /// The node most recently opened, if it is internal.
+    pub fn top_internal(&self) -> Option<InternalView<'_>> {
+        let f = self.stack.last()?;
+        (!f.node.leaf).then_some(InternalView {
+            height: f.height,
+            lower: f.lower,
+            upper: f.upper,
+            node: &f.node,
+        })
+    }
+
+    /// True when nothing is left (no pending root, no open node with entries left).
+    pub fn is_done(&self) -> bool {
+        self.pending_root.is_none() && self.stack.iter().all(|f| f.idx >= f.node.len())
     }
 
     /// The next leaf entry, reading subtrees as needed.

@@ -6,6 +6,8 @@
 //! beneath it is identical in both devices and is skipped unread: the work done follows the
 //! size of the change, not the size of the devices.
 
+use std::collections::HashSet;
+
 use super::btree::{Cursor, Peek};
 use super::format::unpack_block_time;
 use super::io::MetadataDev;
@@ -75,15 +77,19 @@ pub fn diff_trees(
                 // Open the taller one first so that equal subtrees meet at the same height.
                 if hx >= hy {
                     old.descend(dev)?;
+                    prefetch_unshared(dev, &old, &new)?;
                 } else {
                     new.descend(dev)?;
+                    prefetch_unshared(dev, &new, &old)?;
                 }
             }
             (Peek::Subtree { lower, .. }, other) if u128::from(lower) <= other.key() => {
-                old.descend(dev)?
+                old.descend(dev)?;
+                prefetch_unshared(dev, &old, &new)?;
             }
             (other, Peek::Subtree { lower, .. }) if u128::from(lower) <= other.key() => {
-                new.descend(dev)?
+                new.descend(dev)?;
+                prefetch_unshared(dev, &new, &old)?;
             }
             (Peek::Entry { key: ka, value: va }, Peek::Entry { key: kb, value: vb })
                 if ka == kb =>
@@ -116,4 +122,32 @@ pub fn diff_trees(
         emit(start, len, kind)?;
     }
     Ok(counters)
+}
+
+/// After `opened` opened an internal node, reads ahead those of its children the diff will
+/// certainly read: the ones the other tree cannot share. A node both trees share sits at the
+/// same height in both; if the other cursor has open, at that height, the node covering this
+/// node's whole key range, every node it could share here is among that node's children. When
+/// the other tree is exhausted, nothing can be shared. Otherwise nothing is known and nothing is
+/// read ahead, so prefetching never reads a shared node the diff would skip.
+fn prefetch_unshared(
+    dev: &mut MetadataDev,
+    opened: &Cursor,
+    other: &Cursor,
+) -> Result<(), ThinError> {
+    let Some(node) = opened.top_internal() else {
+        return Ok(());
+    };
+    let children: Vec<u64> = if other.is_done() {
+        node.children().collect()
+    } else {
+        match other.open_internal(node.height) {
+            Some(theirs) if theirs.covers(node.lower, node.upper) => {
+                let shared: HashSet<u64> = theirs.children().collect();
+                node.children().filter(|c| !shared.contains(c)).collect()
+            }
+            _ => return Ok(()),
+        }
+    };
+    dev.prefetch(children)
 }

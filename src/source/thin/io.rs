@@ -4,10 +4,15 @@
 //! cache of the block device may hold stale copies: block devices are read with `O_DIRECT` into
 //! 4096-aligned buffers. Regular files (images) are read with ordinary buffered I/O.
 //!
-//! `O_DIRECT` gets no kernel readahead, and btree nodes written together sit next to each other
-//! (sibling leaves, the path a write copied), so direct reads fetch a small window of blocks at
-//! once and serve neighbours from it. The windows belong to one [`MetadataDev`], which lives for
-//! one operation: nothing is cached between calls.
+//! `O_DIRECT` gets no kernel readahead and each read waits for the disk, so two things keep a
+//! walk from paying one disk latency per node:
+//! - btree nodes written together sit next to each other (sibling leaves, the path a write
+//!   copied), so a direct read fetches a small window of blocks and serves neighbours from it;
+//! - when the caller knows which nodes it will need (the children of an internal node that the
+//!   other tree does not share), [`MetadataDev::prefetch`] reads them in parallel.
+//!
+//! Both buffers belong to one [`MetadataDev`], which lives for one operation: nothing is cached
+//! between calls.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -23,6 +28,8 @@ pub const BLOCK_SIZE: usize = 4096;
 const WINDOW_BLOCKS: usize = 32;
 /// Windows kept: a diff walks two trees that usually live in different regions.
 const WINDOWS: usize = 4;
+/// Threads issuing prefetch reads at once (the queue depth offered to the device).
+const PREFETCH_THREADS: usize = 16;
 
 /// One metadata block, aligned for `O_DIRECT`.
 #[repr(C, align(4096))]
@@ -46,6 +53,9 @@ pub struct MetadataDev {
     buf: Box<AlignedBlock>,
     windows: Vec<Window>,
     clock: u64,
+    /// Blocks read ahead by [`MetadataDev::prefetch`] and not asked for yet.
+    prefetched: std::collections::HashMap<u64, Box<AlignedBlock>>,
+    blocks_prefetched: u64,
     blocks_read: u64,
     reads: u64,
 }
@@ -85,6 +95,8 @@ impl MetadataDev {
             buf: Box::new(AlignedBlock([0; BLOCK_SIZE])),
             windows: Vec::new(),
             clock: 0,
+            prefetched: Default::default(),
+            blocks_prefetched: 0,
             blocks_read: 0,
             reads: 0,
         })
@@ -102,6 +114,84 @@ impl MetadataDev {
     /// Read system calls issued so far (for statistics).
     pub fn reads(&self) -> u64 {
         self.reads
+    }
+
+    /// Blocks read ahead by [`MetadataDev::prefetch`] so far.
+    pub fn blocks_prefetched(&self) -> u64 {
+        self.blocks_prefetched
+    }
+
+    /// Prefetched blocks never asked for (read for nothing).
+    pub fn prefetched_unused(&self) -> u64 {
+        self.prefetched.len() as u64
+    }
+
+    fn in_window(&self, block: u64) -> bool {
+        self.windows
+            .iter()
+            .any(|w| block >= w.start && block < w.start + w.len as u64)
+    }
+
+    /// Reads `blocks` (which the caller will certainly ask for) in parallel, runs of neighbours
+    /// with one read each. Only block devices benefit: image files are read through the page
+    /// cache, so this does nothing for them.
+    pub fn prefetch(&mut self, blocks: impl IntoIterator<Item = u64>) -> Result<(), ThinError> {
+        if !self.direct {
+            return Ok(());
+        }
+        let mut want: Vec<u64> = blocks
+            .into_iter()
+            .filter(|&b| {
+                b < self.nr_blocks && !self.prefetched.contains_key(&b) && !self.in_window(b)
+            })
+            .collect();
+        want.sort_unstable();
+        want.dedup();
+        if want.len() < 2 {
+            return Ok(()); // one block: the ordinary read costs the same
+        }
+        let mut runs: Vec<(u64, usize)> = Vec::new();
+        for b in want {
+            match runs.last_mut() {
+                Some((start, n)) if *start + *n as u64 == b && *n < WINDOW_BLOCKS => *n += 1,
+                _ => runs.push((b, 1)),
+            }
+        }
+        let file = &self.file;
+        let per_thread = runs.len().div_ceil(PREFETCH_THREADS);
+        type Fetched = Result<(u64, Vec<AlignedBlock>), (u64, std::io::Error)>;
+        let fetched: Vec<Fetched> = std::thread::scope(|scope| {
+            let handles: Vec<_> = runs
+                .chunks(per_thread)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|&(start, n)| {
+                                let mut v: Vec<AlignedBlock> =
+                                    (0..n).map(|_| AlignedBlock([0; BLOCK_SIZE])).collect();
+                                file.read_exact_at(as_bytes_mut(&mut v), start * BLOCK_SIZE as u64)
+                                    .map(|()| (start, v))
+                                    .map_err(|e| (start, e))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("metadata prefetch thread panicked"))
+                .collect()
+        });
+        self.reads += runs.len() as u64;
+        for r in fetched {
+            let (start, blocks) = r.map_err(|(b, e)| self.io_error(b, e))?;
+            for (i, b) in blocks.into_iter().enumerate() {
+                self.prefetched.insert(start + i as u64, Box::new(b));
+                self.blocks_prefetched += 1;
+            }
+        }
+        Ok(())
     }
 
     fn io_error(&self, block: u64, source: std::io::Error) -> ThinError {
@@ -130,6 +220,10 @@ impl MetadataDev {
             self.file
                 .read_exact_at(&mut self.buf.0, block * BLOCK_SIZE as u64)
                 .map_err(|e| self.io_error(block, e))?;
+            return Ok(&self.buf.0);
+        }
+        if let Some(b) = self.prefetched.remove(&block) {
+            self.buf = b;
             return Ok(&self.buf.0);
         }
         self.clock += 1;

@@ -125,6 +125,11 @@ pub struct DeltaStats {
     /// Read system calls issued (fewer than blocks on block devices, which are read a few
     /// neighbouring blocks at a time).
     pub read_calls: u64,
+    /// Blocks read ahead in parallel (block devices only; counted in `blocks_read` once used).
+    pub blocks_prefetched: u64,
+    /// Blocks read ahead but never needed (the read-ahead only takes nodes known to be needed,
+    /// so this stays 0 on sound metadata).
+    pub prefetched_unused: u64,
     /// Subtrees both devices share, skipped without reading them.
     pub shared_subtrees_skipped: u64,
 }
@@ -270,6 +275,8 @@ pub fn delta_with_stats(
     let stats = DeltaStats {
         blocks_read: dev.blocks_read(),
         read_calls: dev.reads(),
+        blocks_prefetched: dev.blocks_prefetched(),
+        prefetched_unused: dev.prefetched_unused(),
         shared_subtrees_skipped: counters.shared_subtrees_skipped,
     };
     Ok((

@@ -27,6 +27,11 @@ T_START=$(date +%s.%N)
 log() { echo "[build-image] $*" >&2; }
 since() { awk -v a="$(date +%s.%N)" -v b="$1" 'BEGIN { printf "%.1f", a - b }'; }
 
+# one build at a time per cache folder
+mkdir -p "$CACHE"
+exec 8> "$CACHE/.build-lock"
+flock 8
+
 # ------------------------------------------------------------ host tools
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 need=()

@@ -84,7 +84,7 @@ fi
 PATTERN=$CACHE/pattern-v2-${PATTERN_MB}M.img
 if [[ ! -s $PATTERN ]]; then
   mkdir -p "$CACHE"
-  python3 - "$PATTERN.tmp" "$PATTERN_MB" << 'PY'
+  python3 - "$PATTERN.tmp$$" "$PATTERN_MB" << 'PY'
 import random, sys
 path, mib = sys.argv[1], int(sys.argv[2])
 rng = random.Random(0x6c766d73)
@@ -97,7 +97,7 @@ with open(path, "wb") as f:
         line = b"lvmsync test pattern, byte offset %12d\n" % off
         f.write((line * (512 // len(line) + 1))[:511] + b"\n")
 PY
-  mv "$PATTERN.tmp" "$PATTERN"
+  mv "$PATTERN.tmp$$" "$PATTERN"
 fi
 
 # ------------------------------------------------------------ payload cpio

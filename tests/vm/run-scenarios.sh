@@ -26,6 +26,8 @@
 #   VMTEST_TIMEOUT=SECS         whole VM run (default 600)
 #   VMTEST_SCENARIO_TIMEOUT=SECS  one scenario (default 240)
 #   VMTEST_CMD_TIMEOUT=SECS     one command inside a scenario (default 120)
+#   VMTEST_JOBS=N               run N VMs at once, the scenarios split between them
+#                               (only worth it with N idle cores; default 1)
 #   VMTEST_MEM=MiB (512)  VMTEST_SMP=N (1)  VMTEST_NSCRATCH=N (4)  VMTEST_DISK_MB (256)
 #   KEEP_DISKS=1                keep the disk images in $VMTEST_OUT/disks
 set -euo pipefail
@@ -100,135 +102,177 @@ PY
   mv "$PATTERN.tmp$$" "$PATTERN"
 fi
 
-# ------------------------------------------------------------ payload cpio
-# only what this script creates: VMTEST_OUT may be any folder
-rm -rf "$OUT"/{scenarios,disks,payload,COMPLETE} "$OUT"/{console.log,results.txt,timing.txt,run-info.txt,dmesg.txt,guest-versions.txt,reset-initial.log}
-mkdir -p "$OUT/disks"
-PAY=$OUT/payload
-mkdir -p "$PAY/vmtest/scenarios" "$PAY/usr/bin" "$PAY/lib/x86_64-linux-gnu"
-cp "$HERE/guest/runner.sh" "$PAY/vmtest/runner.sh"
-cp "$HERE/lib.sh" "$PAY/vmtest/lib.sh"
-cp "$SCEN_DIR"/*.sh "$PAY/vmtest/scenarios/"
-chmod 755 "$PAY/vmtest/runner.sh"
-{
-  echo "VMTEST_SCENARIOS='${names[*]}'"
-  echo "VMTEST_NSCRATCH=$NSCRATCH"
-  echo "VMTEST_SCENARIO_TIMEOUT=${VMTEST_SCENARIO_TIMEOUT:-240}"
-  echo "VMTEST_CMD_TIMEOUT=${VMTEST_CMD_TIMEOUT:-120}"
-  echo "VMTEST_SHOW=${VMTEST_SHOW:-0}"
-} > "$PAY/vmtest/config"
-if [[ $LVMSYNC != none ]]; then
-  # debug info only makes the initramfs bigger (slower to unpack)
-  objcopy --strip-debug "$LVMSYNC" "$PAY/usr/bin/lvmsync"
-  # shared libraries the binary needs that the image lacks, from this host
-  # (same Debian release as the image)
-  declare -A seen=()
-  add_host_libs() {
-    local n f d
-    for n in $(readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
-      [[ -n ${seen[$n]:-} ]] && continue
-      seen[$n]=1
-      grep -qx "$n" "$IMG/libs.txt" && continue
-      f=
-      for d in /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /lib64 /usr/lib64; do
-        [[ -e $d/$n ]] && { f=$d/$n; break; }
+# ------------------------------------------------------------ one VM
+run_one_vm() {
+  # ------------------------------------------------------------ payload cpio
+  # only what this script creates: VMTEST_OUT may be any folder
+  rm -rf "$OUT"/{scenarios,disks,payload,COMPLETE} "$OUT"/{console.log,results.txt,timing.txt,run-info.txt,dmesg.txt,guest-versions.txt,reset-initial.log}
+  mkdir -p "$OUT/disks"
+  PAY=$OUT/payload
+  mkdir -p "$PAY/vmtest/scenarios" "$PAY/usr/bin" "$PAY/lib/x86_64-linux-gnu"
+  cp "$HERE/guest/runner.sh" "$PAY/vmtest/runner.sh"
+  cp "$HERE/lib.sh" "$PAY/vmtest/lib.sh"
+  cp "$SCEN_DIR"/*.sh "$PAY/vmtest/scenarios/"
+  chmod 755 "$PAY/vmtest/runner.sh"
+  {
+    echo "VMTEST_SCENARIOS='${names[*]}'"
+    echo "VMTEST_NSCRATCH=$NSCRATCH"
+    echo "VMTEST_SCENARIO_TIMEOUT=${VMTEST_SCENARIO_TIMEOUT:-240}"
+    echo "VMTEST_CMD_TIMEOUT=${VMTEST_CMD_TIMEOUT:-120}"
+    echo "VMTEST_SHOW=${VMTEST_SHOW:-0}"
+  } > "$PAY/vmtest/config"
+  if [[ $LVMSYNC != none ]]; then
+    # debug info only makes the initramfs bigger (slower to unpack)
+    objcopy --strip-debug "$LVMSYNC" "$PAY/usr/bin/lvmsync"
+    # shared libraries the binary needs that the image lacks, from this host
+    # (same Debian release as the image)
+    declare -A seen=()
+    add_host_libs() {
+      local n f d
+      for n in $(readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+        [[ -n ${seen[$n]:-} ]] && continue
+        seen[$n]=1
+        grep -qx "$n" "$IMG/libs.txt" && continue
+        f=
+        for d in /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /lib64 /usr/lib64; do
+          [[ -e $d/$n ]] && { f=$d/$n; break; }
+        done
+        [[ -n $f ]] || { log "library $n needed by $1 not found on this host"; exit 2; }
+        cp -L "$f" "$PAY/lib/x86_64-linux-gnu/$n"
+        log "adding host library $n"
+        add_host_libs "$f"
       done
-      [[ -n $f ]] || { log "library $n needed by $1 not found on this host"; exit 2; }
-      cp -L "$f" "$PAY/lib/x86_64-linux-gnu/$n"
-      log "adding host library $n"
-      add_host_libs "$f"
-    done
-  }
-  add_host_libs "$LVMSYNC"
-fi
-INITRD=$OUT/disks/initramfs+payload.cpio
-cp "$IMG/initramfs.cpio" "$INITRD"
-(cd "$PAY" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >> "$INITRD"
-
-# ------------------------------------------------------------ disks
-drives=()
-add_disk() { # add_disk FILE SERIAL [readonly]
-  local ro=
-  [[ ${3:-} == readonly ]] && ro=,readonly=on
-  drives+=(-drive "file=$1,format=raw,if=none,id=$2,cache=unsafe,discard=unmap$ro"
-    -device "virtio-blk-pci,drive=$2,serial=$2")
-}
-add_disk "$PATTERN" vmtest-pattern readonly
-for ((i = 0; i < NSCRATCH; i++)); do
-  truncate -s "${DISK_MB}M" "$OUT/disks/scratch$i.img"
-  add_disk "$OUT/disks/scratch$i.img" "vmtest-scratch$i"
-done
-truncate -s 512M "$OUT/disks/out.img"
-add_disk "$OUT/disks/out.img" vmtest-out
-# device copies for the byte comparisons done here after the run (same_content)
-truncate -s "${VMTEST_EXPORT_MB:-4096}M" "$OUT/disks/export.img"
-add_disk "$OUT/disks/export.img" vmtest-export
-
-# ------------------------------------------------------------ boot
-if [[ $ACCEL == auto ]]; then
-  if [[ -r /dev/kvm && -w /dev/kvm ]] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
-    ACCEL=kvm
-  else
-    ACCEL=tcg
+    }
+    add_host_libs "$LVMSYNC"
   fi
-fi
-case $ACCEL in
-  kvm) accel_args=(-accel kvm -cpu host) ;;
-  tcg) accel_args=(-accel tcg -cpu max) ;;
-  *) log "ACCEL must be auto, kvm or tcg"; exit 2 ;;
-esac
-if [[ -s $IMG/vmlinux ]]; then KERNEL=$IMG/vmlinux; else KERNEL=$IMG/vmlinuz; fi
-QEMU=(qemu-system-x86_64 "${accel_args[@]}" -machine q35 -smp "$SMP" -m "$MEM"
-  -nodefaults -no-user-config -nographic -serial stdio -no-reboot
-  -kernel "$KERNEL" -initrd "$INITRD" -append "console=ttyS0 quiet panic=-1"
-  "${drives[@]}")
-log "booting ${#names[@]} scenario(s), accel=$ACCEL, kernel=${KERNEL##*/}"
-T_VM=$(date +%s.%N)
-set +e
-if [[ ${VMTEST_SHOW:-0} == 1 ]]; then
-  # the scenarios' own output: from the runner's first line on, without
-  # the runner's markers and kernel messages
-  timeout -k 10 "$TIMEOUT" "${QEMU[@]}" < /dev/null 2>&1 | tr -d '\r' | tee "$OUT/console.log" |
-    awk '/VMTEST BOOTED/ { on = 1; next }
-         on && !/^VMTEST/ && !/^\[ *[0-9]+\.[0-9]+\] / { print; fflush() }'
-else
-  timeout -k 10 "$TIMEOUT" "${QEMU[@]}" < /dev/null 2>&1 | tr -d '\r' | tee "$OUT/console.log" |
-    grep -a --line-buffered -e '^VMTEST RESULT' -e '^VMTEST WARN' -e '^VMTEST ERROR' |
-    sed -u 's/^VMTEST RESULT /[vmtest]   /' >&2
-fi
-qrc=${PIPESTATUS[0]}
-set -e
-VM_SECS=$(since "$T_VM")
+  INITRD=$OUT/disks/initramfs+payload.cpio
+  cp "$IMG/initramfs.cpio" "$INITRD"
+  (cd "$PAY" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >> "$INITRD"
 
-# ------------------------------------------------------------ results
-tar -xf "$OUT/disks/out.img" -C "$OUT" 2> /dev/null || true
-reported=0
-[[ -s $OUT/COMPLETE && $(cat "$OUT/COMPLETE") == ok ]] && reported=1
-# byte comparisons queued in the guest: "OFFSET1 OFFSET2 SIZE NAME1 NAME2"
-# on the export disk; a mismatch fails the scenario
-for n in "${names[@]}"; do
-  d=$OUT/scenarios/$n
-  [[ -s $d/host-checks.txt ]] || continue
-  while read -r o1 o2 size a b; do
-    if r=$(cmp -i "$o1:$o2" -n "$size" "$OUT/disks/export.img" "$OUT/disks/export.img" 2>&1); then
-      echo "host check ok: $a == $b ($size bytes)" >> "$d/log"
+  # ------------------------------------------------------------ disks
+  drives=()
+  add_disk() { # add_disk FILE SERIAL [readonly]
+    local ro=
+    [[ ${3:-} == readonly ]] && ro=,readonly=on
+    drives+=(-drive "file=$1,format=raw,if=none,id=$2,cache=unsafe,discard=unmap$ro"
+      -device "virtio-blk-pci,drive=$2,serial=$2")
+  }
+  add_disk "$PATTERN" vmtest-pattern readonly
+  for ((i = 0; i < NSCRATCH; i++)); do
+    truncate -s "${DISK_MB}M" "$OUT/disks/scratch$i.img"
+    add_disk "$OUT/disks/scratch$i.img" "vmtest-scratch$i"
+  done
+  truncate -s 512M "$OUT/disks/out.img"
+  add_disk "$OUT/disks/out.img" vmtest-out
+  # device copies for the byte comparisons done here after the run (same_content)
+  truncate -s "${VMTEST_EXPORT_MB:-4096}M" "$OUT/disks/export.img"
+  add_disk "$OUT/disks/export.img" vmtest-export
+
+  # ------------------------------------------------------------ boot
+  if [[ $ACCEL == auto ]]; then
+    if [[ -r /dev/kvm && -w /dev/kvm ]] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
+      ACCEL=kvm
     else
-      byte=$(sed -n 's/.*differ: byte \([0-9]*\).*/\1/p' <<< "$r")
-      echo "FAIL (host check): $a and $b differ${byte:+ (first at byte $((byte - 1)))}" >> "$d/log"
-      [[ $(cat "$d/status" 2> /dev/null) == PASS ]] && echo FAIL > "$d/status"
+      ACCEL=tcg
     fi
-  done < "$d/host-checks.txt"
-done
-# a VM that never wrote its archive (hung, killed) still announced each
-# finished scenario on the console
-if ((!reported)); then
-  while read -r _ _ n st secs; do
-    [[ -e $OUT/scenarios/$n/status ]] && continue
-    mkdir -p "$OUT/scenarios/$n"
-    echo "$st" > "$OUT/scenarios/$n/status"
-    echo "$secs" > "$OUT/scenarios/$n/seconds"
-  done < <(grep -a '^VMTEST RESULT ' "$OUT/console.log" || true)
+  fi
+  case $ACCEL in
+    kvm) accel_args=(-accel kvm -cpu host) ;;
+    tcg) accel_args=(-accel tcg -cpu max) ;;
+    *) log "ACCEL must be auto, kvm or tcg"; exit 2 ;;
+  esac
+  if [[ -s $IMG/vmlinux ]]; then KERNEL=$IMG/vmlinux; else KERNEL=$IMG/vmlinuz; fi
+  QEMU=(qemu-system-x86_64 "${accel_args[@]}" -machine q35 -smp "$SMP" -m "$MEM"
+    -nodefaults -no-user-config -nographic -serial stdio -no-reboot
+    -kernel "$KERNEL" -initrd "$INITRD" -append "console=ttyS0 quiet panic=-1"
+    "${drives[@]}")
+  log "booting ${#names[@]} scenario(s), accel=$ACCEL, kernel=${KERNEL##*/}"
+  T_VM=$(date +%s.%N)
+  set +e
+  if [[ ${VMTEST_SHOW:-0} == 1 ]]; then
+    # the scenarios' own output: from the runner's first line on, without
+    # the runner's markers and kernel messages
+    timeout -k 10 "$TIMEOUT" "${QEMU[@]}" < /dev/null 2>&1 | tr -d '\r' | tee "$OUT/console.log" |
+      awk '/VMTEST BOOTED/ { on = 1; next }
+           on && !/^VMTEST/ && !/^\[ *[0-9]+\.[0-9]+\] / { print; fflush() }'
+  else
+    timeout -k 10 "$TIMEOUT" "${QEMU[@]}" < /dev/null 2>&1 | tr -d '\r' | tee "$OUT/console.log" |
+      grep -a --line-buffered -e '^VMTEST RESULT' -e '^VMTEST WARN' -e '^VMTEST ERROR' |
+      sed -u 's/^VMTEST RESULT /[vmtest]   /' >&2
+  fi
+  qrc=${PIPESTATUS[0]}
+  set -e
+  VM_SECS=$(since "$T_VM")
+
+  # ------------------------------------------------------------ results
+  tar -xf "$OUT/disks/out.img" -C "$OUT" 2> /dev/null || true
+  reported=0
+  [[ -s $OUT/COMPLETE && $(cat "$OUT/COMPLETE") == ok ]] && reported=1
+  # byte comparisons queued in the guest: "OFFSET1 OFFSET2 SIZE NAME1 NAME2"
+  # on the export disk; a mismatch fails the scenario
+  for n in "${names[@]}"; do
+    d=$OUT/scenarios/$n
+    [[ -s $d/host-checks.txt ]] || continue
+    while read -r o1 o2 size a b; do
+      if r=$(cmp -i "$o1:$o2" -n "$size" "$OUT/disks/export.img" "$OUT/disks/export.img" 2>&1); then
+        echo "host check ok: $a == $b ($size bytes)" >> "$d/log"
+      else
+        byte=$(sed -n 's/.*differ: byte \([0-9]*\).*/\1/p' <<< "$r")
+        echo "FAIL (host check): $a and $b differ${byte:+ (first at byte $((byte - 1)))}" >> "$d/log"
+        [[ $(cat "$d/status" 2> /dev/null) == PASS ]] && echo FAIL > "$d/status"
+      fi
+    done < "$d/host-checks.txt"
+  done
+  # a VM that never wrote its archive (hung, killed) still announced each
+  # finished scenario on the console
+  if ((!reported)); then
+    while read -r _ _ n st secs; do
+      [[ -e $OUT/scenarios/$n/status ]] && continue
+      mkdir -p "$OUT/scenarios/$n"
+      echo "$st" > "$OUT/scenarios/$n/status"
+      echo "$secs" > "$OUT/scenarios/$n/seconds"
+    done < <(grep -a '^VMTEST RESULT ' "$OUT/console.log" || true)
+  fi
+}
+
+# ------------------------------------------------------------ several VMs
+# VMTEST_JOBS=N splits the scenarios (round robin) over N VMs run at once,
+# each by this script, then reports them together
+run_vms_in_parallel() {
+  local k i part pids=() p
+  rm -rf "$OUT"/{scenarios,COMPLETE} "$OUT"/job[0-9]* "$OUT"/{results.txt,run-info.txt}
+  mkdir -p "$OUT/scenarios"
+  log "${#names[@]} scenarios in $JOBS VMs at once"
+  T_VM=$(date +%s.%N)
+  for ((k = 0; k < JOBS; k++)); do
+    part=()
+    for ((i = k; i < ${#names[@]}; i += JOBS)); do part+=("${names[i]}"); done
+    VMTEST_JOBS=1 VMTEST_OUT=$OUT/job$k VMTEST_LVMSYNC=$LVMSYNC "$0" "${part[@]}" > "$OUT/job$k.log" 2>&1 &
+    pids+=($!)
+  done
+  qrc=0
+  for p in "${pids[@]}"; do wait "$p" || qrc=$?; done
+  VM_SECS=$(since "$T_VM")
+  reported=1
+  ACCEL=
+  for ((k = 0; k < JOBS; k++)); do
+    [[ $(cat "$OUT/job$k/COMPLETE" 2> /dev/null) == ok ]] || reported=0
+    ACCEL=${ACCEL:-$(sed -n 's/^accel //p' "$OUT/job$k/run-info.txt" 2> /dev/null)}
+    for d in "$OUT/job$k/scenarios"/*/; do
+      [[ -d $d ]] && ln -sfn "../job$k/scenarios/$(basename "$d")" "$OUT/scenarios/$(basename "$d")"
+    done
+    { echo "job$k $(sed -n 's/^guest_uptime_at_end /guest_uptime_at_end /p' "$OUT/job$k/timing.txt" 2> /dev/null)"; } >> "$OUT/timing.txt"
+  done
+}
+
+JOBS=${VMTEST_JOBS:-1}
+((JOBS <= ${#names[@]})) || JOBS=${#names[@]}
+if ((JOBS > 1)); then
+  run_vms_in_parallel
+else
+  run_one_vm
 fi
+
 pass=0 failed=0
 echo
 for n in "${names[@]}"; do
@@ -257,10 +301,12 @@ for n in "${names[@]}"; do
   echo "$n $(cat "$OUT/scenarios/$n/status" 2> /dev/null || echo NO-RESULT) $(cat "$OUT/scenarios/$n/seconds" 2> /dev/null || echo '?')"
 done > "$OUT/results.txt"
 [[ -n ${KEEP_DISKS:-} ]] || rm -rf "$OUT/disks" "$OUT/payload"
-echo "timing: VM ${VM_SECS}s wall (accel $ACCEL, guest uptime at end $(sed -n 's/guest_uptime_at_end //p' "$OUT/timing.txt" 2> /dev/null || echo '?')s), total $(since "$T_START")s; results in $OUT"
+echo "timing: VM ${VM_SECS}s wall (accel $ACCEL, guest uptime at end $(sed -n 's/guest_uptime_at_end //p' "$OUT/timing.txt" 2> /dev/null | tr '\n' ' ' || echo '?')s), total $(since "$T_START")s; results in $OUT"
 if ((!reported)); then
   echo "the VM did not report (qemu exit status $qrc); console tail:"
-  tail -n 20 "$OUT/console.log" | sed 's/^/    | /'
+  for f in "$OUT/console.log" "$OUT"/job*/console.log; do
+    [[ -e $f ]] && tail -n 20 "$f" | sed 's/^/    | /'
+  done
   [[ $ACCEL == kvm ]] && echo "hint: /dev/kvm may not run stock kernels here; try ACCEL=tcg"
 fi
 echo "$pass passed, $failed failed"

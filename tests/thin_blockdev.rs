@@ -95,3 +95,29 @@ fn block_device_reads_of_large_trees_match_file_reads_with_fewer_read_calls() {
         );
     }
 }
+
+#[test]
+fn unshared_trees_on_a_block_device_are_read_ahead_without_waste() {
+    let dir = tempfile::tempdir().unwrap();
+    let a: DeviceMap = (0..80_000u64).map(|b| (b, (b, 0))).collect();
+    let mut b = a.clone();
+    for k in (0..80_000u64).step_by(1009) {
+        b.insert(k, (200_000 + k, 1));
+    }
+    let meta = restore(
+        &dump_xml(128, 300_000, &[(1, &a), (2, &b)]),
+        dir.path(),
+        "m",
+        16,
+    );
+    let dev = Loop::attach(&meta);
+    let (from_dev, stats) = thin::delta_with_stats(&dev.0, 1, 2, MetadataRoot::Superblock).unwrap();
+    assert_eq!(from_dev.extents, thin_delta(&meta, 1, 2).1);
+    assert_eq!(stats.shared_subtrees_skipped, 0);
+    assert_eq!(stats.prefetched_unused, 0, "{stats:?}");
+    // Nearly every leaf of both trees comes from the parallel read-ahead.
+    assert!(
+        stats.blocks_prefetched * 10 > stats.blocks_read * 9,
+        "{stats:?}"
+    );
+}

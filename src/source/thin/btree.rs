@@ -125,6 +125,8 @@ pub struct InternalView<'a> {
     /// Exclusive; None = unbounded.
     pub upper: Option<u64>,
     pub node: &'a Node,
+    /// First child not yet visited.
+    pub idx: usize,
 }
 
 impl InternalView<'_> {
@@ -138,9 +140,14 @@ impl InternalView<'_> {
             }
     }
 
-    /// Child block numbers.
+    /// All child block numbers.
     pub fn children(&self) -> impl Iterator<Item = u64> + '_ {
         (0..self.node.len()).map(|i| self.node.value_u64(i))
+    }
+
+    /// Child block numbers not visited yet (not read, not skipped).
+    pub fn unvisited(&self) -> impl Iterator<Item = u64> + '_ {
+        (self.idx..self.node.len()).map(|i| self.node.value_u64(i))
     }
 }
 
@@ -282,6 +289,7 @@ impl Cursor {
                 lower: f.lower,
                 upper: f.upper,
                 node: &f.node,
+                idx: f.idx,
             })
     }
 
@@ -293,6 +301,7 @@ impl Cursor {
             lower: f.lower,
             upper: f.upper,
             node: &f.node,
+            idx: f.idx,
         })
     }
 

@@ -124,12 +124,13 @@ pub fn diff_trees(
     Ok(counters)
 }
 
-/// After `opened` opened an internal node, reads ahead those of its children the diff will
-/// certainly read: the ones the other tree cannot share. A node both trees share sits at the
-/// same height in both; if the other cursor has open, at that height, the node covering this
-/// node's whole key range, every node it could share here is among that node's children. When
-/// the other tree is exhausted, nothing can be shared. Otherwise nothing is known and nothing is
-/// read ahead, so prefetching never reads a shared node the diff would skip.
+/// After `opened` opened an internal node, reads ahead the children the diff will certainly
+/// read: those the other tree cannot share. A node both trees share sits at the same height in
+/// both. If the other cursor has open, at that height, a node covering this node's whole key
+/// range, every node this one could share is among that node's children; and the other way
+/// round for that node's unvisited children. When the other tree is exhausted, nothing can be
+/// shared. Otherwise nothing is known and nothing is read ahead: prefetching never reads a node
+/// the diff would skip.
 fn prefetch_unshared(
     dev: &mut MetadataDev,
     opened: &Cursor,
@@ -138,16 +139,20 @@ fn prefetch_unshared(
     let Some(node) = opened.top_internal() else {
         return Ok(());
     };
-    let children: Vec<u64> = if other.is_done() {
-        node.children().collect()
-    } else {
-        match other.open_internal(node.height) {
-            Some(theirs) if theirs.covers(node.lower, node.upper) => {
-                let shared: HashSet<u64> = theirs.children().collect();
-                node.children().filter(|c| !shared.contains(c)).collect()
-            }
-            _ => return Ok(()),
-        }
+    if other.is_done() {
+        return dev.prefetch(node.unvisited().collect::<Vec<_>>());
+    }
+    let Some(theirs) = other.open_internal(node.height) else {
+        return Ok(());
     };
-    dev.prefetch(children)
+    let mut wanted = Vec::new();
+    if theirs.covers(node.lower, node.upper) {
+        let shared: HashSet<u64> = theirs.children().collect();
+        wanted.extend(node.unvisited().filter(|c| !shared.contains(c)));
+    }
+    if node.covers(theirs.lower, theirs.upper) {
+        let shared: HashSet<u64> = node.children().collect();
+        wanted.extend(theirs.unvisited().filter(|c| !shared.contains(c)));
+    }
+    dev.prefetch(wanted)
 }

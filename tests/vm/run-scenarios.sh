@@ -105,8 +105,6 @@ fi
 # ------------------------------------------------------------ one VM
 run_one_vm() {
   # ------------------------------------------------------------ payload cpio
-  # only what this script creates: VMTEST_OUT may be any folder
-  rm -rf "$OUT"/{scenarios,disks,payload,COMPLETE} "$OUT"/{console.log,results.txt,timing.txt,run-info.txt,dmesg.txt,guest-versions.txt,reset-initial.log}
   mkdir -p "$OUT/disks"
   PAY=$OUT/payload
   mkdir -p "$PAY/vmtest/scenarios" "$PAY/usr/bin" "$PAY/lib/x86_64-linux-gnu"
@@ -240,7 +238,6 @@ run_one_vm() {
 # each by this script, then reports them together
 run_vms_in_parallel() {
   local k i part pids=() p
-  rm -rf "$OUT"/{scenarios,COMPLETE} "$OUT"/job[0-9]* "$OUT"/{results.txt,run-info.txt}
   mkdir -p "$OUT/scenarios"
   log "${#names[@]} scenarios in $JOBS VMs at once"
   T_VM=$(date +%s.%N)
@@ -265,6 +262,9 @@ run_vms_in_parallel() {
   done
 }
 
+# only what this script creates: VMTEST_OUT may be any folder
+rm -rf "$OUT"/{scenarios,disks,payload,COMPLETE} "$OUT"/job[0-9]* \
+  "$OUT"/{console.log,results.txt,timing.txt,run-info.txt,dmesg.txt,guest-versions.txt}
 JOBS=${VMTEST_JOBS:-1}
 ((JOBS <= ${#names[@]})) || JOBS=${#names[@]}
 if ((JOBS > 1)); then

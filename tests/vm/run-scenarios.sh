@@ -15,9 +15,10 @@
 # results.txt, timing.txt, console.log, scenarios/NAME/{status,log,files/}.
 #
 # Env knobs:
-#   ACCEL=auto|kvm|tcg          auto: KVM only if /dev/kvm is usable AND the CPU
-#                               flags show vmx/svm (a nested kvm-pvm device hangs
-#                               stock kernels), else TCG
+#   ACCEL=auto|kvm|tcg          auto: KVM only if /dev/kvm is usable, the CPU
+#                               flags show vmx/svm and a probe boot reports back
+#                               (a nested kvm-pvm device hangs stock kernels),
+#                               else TCG
 #   VMTEST_LVMSYNC=PATH         binary to test (default: cargo build --release and
 #                               use target/release/lvmsync; VMTEST_LVMSYNC=none: none)
 #   VMTEST_OUT=DIR              results folder
@@ -167,23 +168,38 @@ run_one_vm() {
   add_disk "$OUT/disks/export.img" vmtest-export
 
   # ------------------------------------------------------------ boot
+  if [[ -s $IMG/vmlinux ]]; then KERNEL=$IMG/vmlinux; else KERNEL=$IMG/vmlinuz; fi
+  qemu_cmd() { # qemu_cmd ACCEL [EXTRA KERNEL ARGS]: sets QEMU
+    local accel_args
+    case $1 in
+      kvm) accel_args=(-accel kvm -cpu host) ;;
+      tcg) accel_args=(-accel tcg -cpu max) ;;
+      *) log "ACCEL must be auto, kvm or tcg"; exit 2 ;;
+    esac
+    QEMU=(qemu-system-x86_64 "${accel_args[@]}" -machine q35 -smp "$SMP" -m "$MEM"
+      -nodefaults -no-user-config -nographic -serial stdio -no-reboot
+      -kernel "$KERNEL" -initrd "$INITRD" -append "console=ttyS0 quiet panic=-1 ${2:-}"
+      "${drives[@]}")
+  }
   if [[ $ACCEL == auto ]]; then
+    # /dev/kvm alone proves nothing (a nested kvm-pvm device hangs stock
+    # kernels): KVM only if the CPU shows vmx/svm AND a probe boot (no
+    # scenarios) reports back in time
+    ACCEL=tcg
     if [[ -r /dev/kvm && -w /dev/kvm ]] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
-      ACCEL=kvm
-    else
-      ACCEL=tcg
+      qemu_cmd kvm vmtest.probe=1
+      if timeout -k 5 "${VMTEST_KVM_PROBE_TIMEOUT:-30}" "${QEMU[@]}" < /dev/null 2>&1 |
+        tr -d '\r' | grep -aq '^VMTEST END ok'; then
+        ACCEL=kvm
+      else
+        log "KVM probe boot did not report: using TCG"
+      fi
+      # the probe's results must not pass for the real run's
+      truncate -s 0 "$OUT/disks/out.img"
+      truncate -s 512M "$OUT/disks/out.img"
     fi
   fi
-  case $ACCEL in
-    kvm) accel_args=(-accel kvm -cpu host) ;;
-    tcg) accel_args=(-accel tcg -cpu max) ;;
-    *) log "ACCEL must be auto, kvm or tcg"; exit 2 ;;
-  esac
-  if [[ -s $IMG/vmlinux ]]; then KERNEL=$IMG/vmlinux; else KERNEL=$IMG/vmlinuz; fi
-  QEMU=(qemu-system-x86_64 "${accel_args[@]}" -machine q35 -smp "$SMP" -m "$MEM"
-    -nodefaults -no-user-config -nographic -serial stdio -no-reboot
-    -kernel "$KERNEL" -initrd "$INITRD" -append "console=ttyS0 quiet panic=-1"
-    "${drives[@]}")
+  qemu_cmd "$ACCEL"
   log "booting ${#names[@]} scenario(s), accel=$ACCEL, kernel=${KERNEL##*/}"
   T_VM=$(date +%s.%N)
   set +e

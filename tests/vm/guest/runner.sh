@@ -33,6 +33,8 @@ finish() {
 }
 
 say "BOOTED uptime=$(up) kernel=$(uname -r)"
+# a probe boot (does the accelerator work?) runs no scenario
+grep -qw vmtest.probe=1 /proc/cmdline && VMTEST_SCENARIOS=
 echo "guest_uptime_at_start $(up)" > $O/timing.txt
 i=0
 while :; do

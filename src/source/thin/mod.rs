@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::extent::{Extent, ExtentList};
 
-pub use diff::BlockChange;
+use diff::BlockChange;
 pub use format::Superblock;
 pub use guard::MetadataSnapGuard;
 

@@ -8,9 +8,10 @@
 //!   destination, so after a crash at any point applying the snapback rolls the destination back;
 //! - the destination and the snapback are fsynced before success is reported.
 //!
-//! Speed: the calling thread reads and verifies the stream into batches; a second thread takes
-//! each batch in turn and reads the old contents (snapback), makes them durable, then writes the
-//! batch, with up to [`QUEUE_DEPTH`] reads or writes in flight at once. Records aligned to
+//! Speed: the calling thread reads and verifies the stream into batches; a second thread reads
+//! each batch's old contents into the snapback and makes them durable; a third writes the batch
+//! while the second works on the next one. Both keep up to [`QUEUE_DEPTH`] reads or writes in
+//! flight. Records aligned to
 //! [`DIRECT_ALIGN`] are read and written with O_DIRECT from aligned buffers. Records within a
 //! batch are disjoint (an overlap starts a new batch), so their order of writing does not matter.
 
@@ -90,19 +91,36 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
     };
     let mut written = WrittenRanges::default();
     let keep_snapback = snapback.is_some();
+    // Batches flow: reading thread -> saver (old contents into the snapback, made durable)
+    // -> writer (the new contents) -> back to the reading thread for reuse. The writer works on
+    // one batch while the saver works on the next: batches are disjoint when a snapback is kept,
+    // and without one the saver only passes them on, so stream order is kept either way.
     let (full_tx, full_rx) = bounded::<Batch>(1);
-    let (empty_tx, empty_rx) = bounded::<Batch>(2);
+    let (saved_tx, saved_rx) = bounded::<Batch>(1);
+    let (empty_tx, empty_rx) = bounded::<Batch>(3);
     let (totals, snapback_totals) = std::thread::scope(|scope| {
         let target = &target;
-        let flusher = scope.spawn(move || -> Result<Option<StreamTotals>> {
+        let saver = scope.spawn(move || -> Result<Option<StreamTotals>> {
             for mut batch in full_rx {
-                batch.flush(target, snapback.as_mut())?;
-                let _ = empty_tx.try_send(batch);
+                if let Some(sb) = snapback.as_mut() {
+                    batch.save_old(target, sb)?;
+                }
+                saved_tx
+                    .send(batch)
+                    .map_err(|_| Error::Invalid("the apply writer stopped".into()))?;
             }
+            drop(saved_tx);
             match snapback {
                 Some(sb) => Ok(Some(sb.finish()?)),
                 None => Ok(None),
             }
+        });
+        let writer = scope.spawn(move || -> Result<()> {
+            for mut batch in saved_rx {
+                batch.write(target)?;
+                let _ = empty_tx.try_send(batch);
+            }
+            Ok(())
         });
         let read = (|| -> Result<StreamTotals> {
             let mut batch = Batch::default();
@@ -134,9 +152,11 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
             Ok(reader.totals())
         })();
         drop(full_tx);
-        let flushed = flusher.join().expect("apply writer thread panicked");
-        // A failed write explains why the stream could not be handed over: report it first.
-        let snapback_totals = flushed?;
+        let saved = saver.join().expect("snapback thread panicked");
+        let written = writer.join().expect("apply writer thread panicked");
+        // A failed write explains why nothing more could be handed over: report it first.
+        written?;
+        let snapback_totals = saved?;
         Ok::<_, Error>((read?, snapback_totals))
     })?;
     target
@@ -394,17 +414,19 @@ impl Batch {
         self.sorted_end = Some(0);
     }
 
-    /// Saves the old contents of every range in the batch and makes them durable, then writes
-    /// the batch.
-    fn flush(&mut self, target: &Target, snapback: Option<&mut Snapback>) -> Result<()> {
-        if let Some(snapback) = snapback {
-            let old_at = self.read_old(target)?;
-            for (op, &at) in self.ops.iter().zip(&old_at) {
-                let (offset, len) = op.range();
-                snapback.save(offset, &self.old.as_slice()[at..at + len as usize])?;
-            }
-            snapback.make_durable()?;
+    /// Saves the old contents of every range in the batch to the snapback and makes them
+    /// durable (before [`Batch::write`] overwrites them).
+    fn save_old(&mut self, target: &Target, snapback: &mut Snapback) -> Result<()> {
+        let old_at = self.read_old(target)?;
+        for (op, &at) in self.ops.iter().zip(&old_at) {
+            let (offset, len) = op.range();
+            snapback.save(offset, &self.old.as_slice()[at..at + len as usize])?;
         }
+        snapback.make_durable()
+    }
+
+    /// Writes the batch onto the destination, many writes in flight, and empties it.
+    fn write(&mut self, target: &Target) -> Result<()> {
         let data = self.data.as_slice();
         in_parallel(self.ops.clone(), |op| match op {
             Op::Data { offset, start, len } => target.write(offset, &data[start..start + len]),

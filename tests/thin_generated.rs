@@ -359,3 +359,55 @@ fn shared_subtrees_are_found_across_a_root_split() {
         model_delta(&snap, &origin)
     );
 }
+
+/// Random histories after a snapshot: writes, discards and new blocks on both the origin and the
+/// snapshot itself, sometimes after the origin's root split. Each is checked against the model
+/// and against thin_delta, in both directions.
+#[test]
+fn random_copy_on_write_histories_match_the_model_and_thin_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    for seed in 0..8u64 {
+        let mut rng = Rng(1000 + seed);
+        let (meta, base, _) = shared_pool(dir.path(), 37_000, 0, 1000 + seed);
+        let mut origin_ed = CowEditor::new(&meta);
+        let mut snap_ed = CowEditor::new(&meta);
+        for _ in 0..4000 {
+            snap_ed.alloc(); // keep the two editors' new blocks apart
+        }
+        let (mut snap, mut origin) = (base.clone(), base.clone());
+        let mut snap_root = origin_ed.device_root(1);
+        let mut origin_root = snap_root;
+        if seed % 2 == 1 {
+            origin_root = origin_ed.split_root(origin_root);
+        }
+        let mut next_data = 5_000_000u64;
+        for _ in 0..(1 + rng.below(60)) {
+            let on_snapshot = rng.below(5) == 0;
+            let key = rng.below(38_000);
+            let value = (rng.below(3) != 0).then(|| {
+                next_data += 1;
+                next_data
+            });
+            let (ed, root, map) = if on_snapshot {
+                (&mut snap_ed, &mut snap_root, &mut snap)
+            } else {
+                (&mut origin_ed, &mut origin_root, &mut origin)
+            };
+            if let Some(r) = ed.write(*root, key, value.map(|d| d << 24 | 2)) {
+                *root = r;
+                match value {
+                    Some(d) => map.insert(key, (d, 2)),
+                    None => map.remove(&key),
+                };
+            }
+        }
+        origin_ed.set_device_root(2, origin_root);
+        origin_ed.set_device_root(1, snap_root);
+        for (s, o, sm, om) in [(1, 2, &snap, &origin), (2, 1, &origin, &snap)] {
+            let (d, stats) = thin::delta_with_stats(&meta, s, o, MetadataRoot::Superblock).unwrap();
+            assert_eq!(d.extents, model_delta(sm, om), "seed {seed} {s}->{o}");
+            assert_eq!(d.extents, thin_delta(&meta, s, o).1, "seed {seed} {s}->{o}");
+            assert!(stats.blocks_read < 400, "seed {seed}: {stats:?}");
+        }
+    }
+}

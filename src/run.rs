@@ -13,7 +13,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::lvm::{self, ClassicSnapshot, Snapshot, ThinSnapshot};
 use crate::send::{send_changes, SendOptions, SendReport};
 use crate::source::cow::ExceptionStore;
-use crate::source::thin::{self, MetadataRoot, MetadataSnapGuard};
+use crate::source::thin::{self, MetadataRoot};
 use crate::source::ChangeSet;
 use crate::transport::{parse_destination, Destination, RemoteApply, RemoteOptions};
 
@@ -124,15 +124,12 @@ fn classic_changes(snap: &ClassicSnapshot) -> Result<ChangeSet> {
 /// Reads a live thin snapshot's difference from its origin through a metadata snapshot, which
 /// is released as soon as the mappings are read (and on every error or signal).
 fn thin_changes(snap: &ThinSnapshot) -> Result<ChangeSet> {
-    let guard = MetadataSnapGuard::reserve(&snap.pool_dm_name)?;
-    let delta = thin::delta(
+    let delta = thin::delta_live(
+        &snap.pool_dm_name,
         &snap.metadata,
         snap.snap_id,
         snap.origin_id,
-        MetadataRoot::HeldSnapshot(Some(guard.held_root())),
-    );
-    guard.release()?;
-    let delta = delta?;
+    )?;
     if delta.data_block_bytes != snap.block_bytes {
         return Err(Error::Invalid(format!(
             "{}: pool metadata says {}-byte blocks, LVM says {}",

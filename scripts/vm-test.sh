@@ -6,4 +6,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
 cargo build --release --bin lvmsync
+# One emulated CPU per VM: as many VMs as cores (at most 4) finish the scenarios soonest.
+cores=$(nproc)
+export VMTEST_JOBS=${VMTEST_JOBS:-$((cores > 4 ? 4 : cores))}
 VMTEST_LVMSYNC=${VMTEST_LVMSYNC:-$REPO/target/release/lvmsync} exec tests/vm/run-scenarios.sh "$@"

@@ -24,6 +24,6 @@ if ! command -v cargo >/dev/null; then
   [[ -x $HOME/.cargo/bin/cargo ]] && export PATH=$HOME/.cargo/bin:$PATH
 fi
 command -v cargo >/dev/null || {
-  echo "setup-host: cargo not found: install a Rust toolchain (1.85 or newer, e.g. with rustup)" >&2
+  echo "setup-host: cargo not found: install a Rust toolchain (1.88 or newer, with clippy and rustfmt, e.g. with rustup)" >&2
   exit 1
 }

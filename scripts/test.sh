@@ -14,6 +14,14 @@ cargo_rc=${PIPESTATUS[0]}
 read -r c_pass c_fail < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
 [[ $cargo_rc == 0 || $c_fail != 0 ]] || c_fail=1   # a build failure counts as a failure
 
+echo "== lint: cargo fmt --check, cargo clippy -D warnings"
+lint_pass=0 lint_fail=0
+if cargo fmt --check && cargo clippy --release --all-targets --quiet -- -D warnings; then
+  lint_pass=1
+else
+  lint_fail=1
+fi
+
 echo "== real-LVM scenarios in the VM"
 vm_pass=0 vm_fail=0
 if [[ -x scripts/vm-test.sh ]]; then
@@ -25,6 +33,6 @@ if [[ -x scripts/vm-test.sh ]]; then
 else
   echo "scripts/vm-test.sh missing"; vm_fail=1
 fi
-echo "cargo: $c_pass passed, $c_fail failed; vm: $vm_pass passed, $vm_fail failed"
-echo "$((c_pass + vm_pass)) passed, $((c_fail + vm_fail)) failed"
-[[ $cargo_rc == 0 && $c_fail == 0 && $vm_fail == 0 ]]
+echo "cargo: $c_pass passed, $c_fail failed; lint: $lint_pass passed, $lint_fail failed; vm: $vm_pass passed, $vm_fail failed"
+echo "$((c_pass + lint_pass + vm_pass)) passed, $((c_fail + lint_fail + vm_fail)) failed"
+[[ $cargo_rc == 0 && $c_fail == 0 && $lint_fail == 0 && $vm_fail == 0 ]]

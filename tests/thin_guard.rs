@@ -222,9 +222,53 @@ fn guard_signal_child() {
     assert_eq!(state(pool), "-");
 }
 
+/// Starts `guard_signal_child` holding a snapshot of `pool`, with the `ignored` signals ignored
+/// and the others at their default action (whatever this test process inherited), and waits
+/// until it holds the snapshot.
+fn spawn_guard_child(dir: &Path, pool: &str, ignored: &[libc::c_int]) -> std::process::Child {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let ignored = ignored.to_vec();
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "guard_signal_child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("LVMSYNC_GUARD_CHILD_POOL", pool)
+    .env("LVMSYNC_FAKE_DMSETUP_DIR", dir)
+    .stdout(std::process::Stdio::piped());
+    // SAFETY: signal() is async-signal-safe, so it may run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                let action = if ignored.contains(&sig) {
+                    libc::SIG_IGN
+                } else {
+                    libc::SIG_DFL
+                };
+                libc::signal(sig, action);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut ready = false;
+    for line in out.lines() {
+        // libtest prints "test NAME ... " before the test's own output.
+        if line.unwrap().trim_end().ends_with("ready") {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "child never held the snapshot");
+    child
+}
+
 #[test]
 fn signals_release_the_snapshot_and_exit_with_128_plus_signal() {
-    use std::io::BufRead;
     let dir = fake_dmsetup();
     for (i, sig) in [
         rustix::process::Signal::TERM,
@@ -235,28 +279,7 @@ fn signals_release_the_snapshot_and_exit_with_128_plus_signal() {
     .enumerate()
     {
         let pool = format!("vg0-sig{i}-tpool");
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "guard_signal_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("LVMSYNC_GUARD_CHILD_POOL", &pool)
-            .env("LVMSYNC_FAKE_DMSETUP_DIR", dir)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut ready = false;
-        for line in out.lines() {
-            // libtest prints "test NAME ... " before the test's own output.
-            if line.unwrap().trim_end().ends_with("ready") {
-                ready = true;
-                break;
-            }
-        }
-        assert!(ready, "child never held the snapshot");
+        let mut child = spawn_guard_child(dir, &pool, &[]);
         assert_eq!(state(&pool), "61");
         let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
         rustix::process::kill_process(pid, sig).unwrap();
@@ -298,4 +321,26 @@ fn live_delta_reads_the_held_snapshot_and_releases_it() {
     );
     assert_eq!(state(pool), "-");
     assert_eq!(log(pool).matches("release_metadata_snap").count(), 1);
+}
+
+/// A signal ignored when the process started (`nohup` ignores SIGHUP, a shell ignores SIGINT in
+/// a background job) stays ignored: it neither ends the process nor releases its snapshot.
+#[test]
+fn signals_ignored_at_start_stay_ignored() {
+    use rustix::process::{kill_process, Pid, Signal};
+    let dir = fake_dmsetup();
+    let pool = "vg0-nohup-tpool";
+    let mut child = spawn_guard_child(dir, pool, &[libc::SIGHUP, libc::SIGINT]);
+    let pid = Pid::from_raw(child.id() as i32).unwrap();
+    kill_process(pid, Signal::HUP).unwrap();
+    kill_process(pid, Signal::INT).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "an ignored signal ended the process"
+    );
+    assert_eq!(state(pool), "61");
+    kill_process(pid, Signal::TERM).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
+    assert_eq!(state(pool), "-");
 }

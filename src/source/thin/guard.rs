@@ -5,7 +5,8 @@
 //! `release_metadata_snap` frees it. A pool holds at most one, and while it is held the kernel
 //! cannot free the metadata blocks it pins, so it must be released on every exit path: on drop
 //! (including unwinding from a panic) and on SIGINT, SIGTERM and SIGHUP, after which the process
-//! exits with status 128 + signal.
+//! exits with status 128 + signal. A signal already ignored when lvmsync starts (`nohup`) stays
+//! ignored.
 //!
 //! A snapshot that was already held before lvmsync asked belongs to someone else (thin_dump,
 //! a backup tool...): lvmsync refuses to use it and never releases it.
@@ -122,14 +123,28 @@ fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Installs (once) the thread that releases every held snapshot on SIGINT/SIGTERM/SIGHUP and
-/// then exits with 128 + signal.
+/// Whether `sig` is ignored in this process. Such a signal was ignored on purpose by whoever
+/// started lvmsync (`nohup` ignores SIGHUP, a shell ignores SIGINT in background jobs): catching
+/// it would let it end the process, so it stays ignored (and cannot leave a snapshot held).
+fn signal_ignored(sig: libc::c_int) -> bool {
+    let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: with a null new action, sigaction only stores the current one into `old`, which
+    // is zero-initialised and valid for any outcome.
+    let rc = unsafe { libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) };
+    rc == 0 && unsafe { old.assume_init() }.sa_sigaction == libc::SIG_IGN
+}
+
+/// Installs (once) the thread that releases every held snapshot on SIGINT/SIGTERM/SIGHUP (those
+/// not ignored, see [`signal_ignored`]) and then exits with 128 + signal.
 fn install_signal_handler() -> Result<(), ThinError> {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     INSTALLED
         .get_or_init(|| {
             use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-            let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+            let caught = [SIGINT, SIGTERM, SIGHUP]
+                .into_iter()
+                .filter(|&s| !signal_ignored(s));
+            let mut signals = signal_hook::iterator::Signals::new(caught)
                 .map_err(|e| format!("cannot install signal handlers: {e}"))?;
             std::thread::Builder::new()
                 .name("thin-snap-release".into())

@@ -20,6 +20,9 @@ ROOT=$PWD
 GIB=${BENCH_GIB:-4}
 OUT=$ROOT/bench/out
 mkdir -p "$OUT"
+# One run at a time: two would share the disk and the result file.
+exec 8>"$OUT/.lock"
+flock -n 8 || { echo "bench: another bench/run.sh is running" >&2; exit 1; }
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
 
 for tool in fio rsync ssh-keygen; do

@@ -205,7 +205,7 @@ UsePAM no
 StrictModes no
 LogLevel ERROR
 EOF
-"$(command -v sshd || echo /usr/sbin/sshd)" -f "$SSHD_DIR/sshd_config"
+"$(command -v sshd || echo /usr/sbin/sshd)" -f "$SSHD_DIR/sshd_config" 8>&-
 RSH="ssh -i $SSHD_DIR/client_key -p $PORT -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR"
 for _ in $(seq 50); do $RSH 127.0.0.1 true 2>/dev/null && break; sleep 0.2; done
 

@@ -6,6 +6,7 @@
 #   BENCH_GIB=1 bench/run.sh     (quick look)
 #   BENCH_ONLY="send apply" bench/run.sh   (some sections: device send apply e2e changes)
 #   BENCH_REPEAT=3 bench/run.sh  (best of 3 for every send, apply and fio figure; default 2)
+#   BENCH_E2E=4k-10% bench/run.sh (the change set the end-to-end rows sync; default 4k-1%)
 #
 # Work files live in bench/out/ (git-ignored; about 3 x BENCH_GIB GiB of disk). Tools: fio,
 # rsync, sshd (scripts/setup-host.sh --bench). The table is printed at the end and kept in
@@ -210,7 +211,7 @@ RSH="ssh -i $SSHD_DIR/client_key -p $PORT -o StrictHostKeyChecking=no -o UserKno
 for _ in $(seq 50); do $RSH 127.0.0.1 true 2>/dev/null && break; sleep 0.2; done
 
 want e2e || SKIP_E2E=1
-E2E=4k-1%
+E2E=${BENCH_E2E:-4k-1%}   # which change set the end-to-end rows sync: 4k-1% 4k-10% 64k-1% 64k-10%
 e2e() { # e2e CASE COMMAND...
   local label=$1
   shift
@@ -220,6 +221,8 @@ e2e() { # e2e CASE COMMAND...
   record e2e "$label" cold "${CHANGED[$E2E]}" "$t" "${REF:-}"
 }
 [[ -z ${SKIP_E2E:-} ]] && {
+REF="" e2e "dd whole image local" dd if="$ORIGIN" of="$DEST" bs=4M conv=notrunc,fsync status=none
+REF="" e2e "dd whole image ssh" sh -c "dd if='$ORIGIN' bs=4M status=none | $RSH 127.0.0.1 dd of='$DEST' bs=4M conv=notrunc,fsync status=none"
 REF="" e2e "rsync local $E2E" rsync -I --inplace --no-whole-file "$ORIGIN" "$DEST"
 REF="e2e/rsync local $E2E/cold" e2e "lvmsync local $E2E" \
   "$LVMSYNC" -q --cow "$OUT/$E2E.cow" --data-source "$ORIGIN" "$DEST"

@@ -15,6 +15,7 @@
 #   make_vg NAME [NDISKS]       pvcreate + vgcreate on fresh scratch disk(s)
 #                               (always use it: the runner cleans up its VGs)
 #   fill_pattern DEV SIZE SEED  write SIZE (e.g. 32M) of deterministic data
+#   patterned_lvs VG SIZE SEED LV...  linear LVs of SIZE, each filled by fill_pattern
 #   write_at DEV OFFSET LEN TAG write LEN bytes ("TAG\n" repeated) at OFFSET and
 #                               record "OFFSET LEN TAG" in $WRITES
 #   write_every DEV FIRST STRIDE COUNT LEN TAG  COUNT writes of LEN bytes at
@@ -136,6 +137,15 @@ fill_pattern() {
   [ $((_bytes % 1048576)) = 0 ] || fail "fill_pattern: size $2 is not a whole number of MiB"
   run dd if="$VMTEST_PATTERN" of="$1" bs=1M count=$((_bytes / 1048576)) skip="$3" \
     iflag=fullblock conv=notrunc,fsync status=none
+}
+
+patterned_lvs() {
+  _plv_vg=$1 _plv_size=$2 _plv_seed=$3
+  shift 3
+  for _plv in "$@"; do
+    run lvcreate -y -Wy -Zy -L "$_plv_size" -n "$_plv" "$_plv_vg"
+    fill_pattern "/dev/$_plv_vg/$_plv" "$_plv_size" "$_plv_seed"
+  done
 }
 
 write_at() {

@@ -6,10 +6,7 @@ SEED=9
 
 step "origin, copy, reference copy, a 4 MiB snapshot overflowed by 6 MiB of writes"
 make_vg $VG
-for lv in origin copy ref; do
-  run lvcreate -y -Wy -Zy -L 8M -n $lv $VG
-  fill_pattern /dev/$VG/$lv 8M $SEED
-done
+patterned_lvs $VG 8M $SEED origin copy ref
 run lvcreate -y -s -c 4k -L 4M -n snap $VG/origin
 run dd if=/dev/zero of=/dev/$VG/origin bs=1M count=6 conv=fsync status=none
 run sync

@@ -6,10 +6,7 @@ SEED=7
 
 step "origin, copy, snapshot, writes"
 make_vg $VG
-run lvcreate -y -Wy -Zy -L 16M -n origin $VG
-run lvcreate -y -Wy -Zy -L 16M -n copy $VG
-fill_pattern /dev/$VG/origin 16M $SEED
-fill_pattern /dev/$VG/copy 16M $SEED
+patterned_lvs $VG 16M $SEED origin copy
 run lvcreate -y -s -c 4k -L 4M -n snap $VG/origin
 write_at /dev/$VG/origin 0 4096 S1
 write_at /dev/$VG/origin 9000000 300000 S2

@@ -6,10 +6,7 @@ SEED=5
 
 step "origin, two copies, snapshot, writes"
 make_vg $VG
-for lv in origin copy4 copy3; do
-  run lvcreate -y -Wy -Zy -L 16M -n $lv $VG
-  fill_pattern /dev/$VG/$lv 16M $SEED
-done
+patterned_lvs $VG 16M $SEED origin copy4 copy3
 run lvcreate -y -s -c 8k -L 4M -n snap $VG/origin
 write_at /dev/$VG/origin 4096 8192 A-chunks0-1
 write_at /dev/$VG/origin 5000000 70000 B-middle

@@ -6,10 +6,7 @@ SEED=3
 
 step "origin of 32 MiB, a copy of it, a 4 KiB-chunk snapshot, writes to the origin"
 make_vg $VG
-run lvcreate -y -Wy -Zy -L 32M -n origin $VG
-run lvcreate -y -Wy -Zy -L 32M -n copy $VG
-fill_pattern /dev/$VG/origin 32M $SEED
-fill_pattern /dev/$VG/copy 32M $SEED
+patterned_lvs $VG 32M $SEED origin copy
 run lvcreate -y -s -c 4k -L 8M -n snap $VG/origin
 write_at /dev/$VG/origin 0 512 W1-chunk0
 write_at /dev/$VG/origin 21480 100 W2-chunk5-unaligned

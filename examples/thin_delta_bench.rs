@@ -20,22 +20,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use lvmsync::source::thin::{self, MetadataRoot};
-use thin_support::{dump_xml, parse_thin_delta, CowEditor, DeviceMap};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use thin_support::{dump_xml, parse_thin_delta, CowEditor, DeviceMap, Rng};
 
 fn base_device(mappings: u64, rng: &mut Rng) -> (DeviceMap, u64) {
     let mut map = DeviceMap::new();

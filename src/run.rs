@@ -1,7 +1,7 @@
 //! Carries out a validated [`Config`]: the glue between change sources, the sender, the
 //! receiver and the transport.
 
-use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
@@ -394,11 +394,4 @@ fn print_apply_report(r: &ApplyReport, dest: &Path) {
             None => String::new(),
         }
     );
-}
-
-/// Reads all of `r` (test helper for in-memory streams).
-pub fn read_all(mut r: impl Read) -> io::Result<Vec<u8>> {
-    let mut v = Vec::new();
-    r.read_to_end(&mut v)?;
-    Ok(v)
 }

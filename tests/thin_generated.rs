@@ -13,26 +13,6 @@ use thin_support::*;
 const DATA_BLOCK_SIZE: u32 = 128;
 const BLOCK_BYTES: u64 = DATA_BLOCK_SIZE as u64 * 512;
 
-/// splitmix64: a small deterministic generator, so every case can be reproduced from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// True with probability `pct` percent.
-    fn chance(&mut self, pct: u64) -> bool {
-        self.below(100) < pct
-    }
-}
-
 /// What the delta must be, computed straight from the two mapping sets.
 fn model_delta(snap: &DeviceMap, origin: &DeviceMap) -> ExtentList {
     let mut out = Vec::new();

@@ -4,16 +4,38 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use lvmsync::extent::{Extent, ExtentList};
 
+#[path = "../common/mod.rs"]
+mod common;
+
 pub const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/lvm-2.03.16/thin"
 );
+
+/// splitmix64: a small deterministic generator, so every case can be reproduced from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// True with probability `pct` percent.
+    pub fn chance(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+}
 
 /// Value of attribute `name` in an XML element line (`name="value"`).
 pub fn attr<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -58,16 +80,9 @@ pub fn parse_thin_delta(xml: &str) -> (u64, ExtentList) {
     )
 }
 
-/// Decompresses fixture `name` (a .gz) into `dir`.
+/// Decompresses thin fixture `name` (a .gz) into `dir`.
 pub fn gunzip_fixture(name: &str, dir: &Path) -> PathBuf {
-    let f = std::fs::File::open(Path::new(FIXTURES).join(name)).unwrap();
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(f)
-        .read_to_end(&mut out)
-        .unwrap();
-    let path = dir.join(name.trim_end_matches(".gz"));
-    std::fs::write(&path, out).unwrap();
-    path
+    common::gunzip_fixture(&format!("thin/{name}"), dir)
 }
 
 /// Runs a command, panicking with its stderr on failure; returns stdout.

@@ -16,6 +16,8 @@
 #                               (always use it: the runner cleans up its VGs)
 #   fill_pattern DEV SIZE SEED  write SIZE (e.g. 32M) of deterministic data
 #   patterned_lvs VG SIZE SEED LV...  linear LVs of SIZE, each filled by fill_pattern
+#   thin_origin VG POOL_SIZE MAPPED SEED  thin pool VG/pool (64 KiB blocks) and a 32 MiB thin LV
+#                               VG/origin whose first MAPPED (e.g. 12M) is filled by fill_pattern
 #   write_at DEV OFFSET LEN TAG write LEN bytes ("TAG\n" repeated) at OFFSET and
 #                               record "OFFSET LEN TAG" in $WRITES
 #   write_every DEV FIRST STRIDE COUNT LEN TAG  COUNT writes of LEN bytes at
@@ -146,6 +148,12 @@ patterned_lvs() {
     run lvcreate -y -Wy -Zy -L "$_plv_size" -n "$_plv" "$_plv_vg"
     fill_pattern "/dev/$_plv_vg/$_plv" "$_plv_size" "$_plv_seed"
   done
+}
+
+thin_origin() {
+  run lvcreate -y --type thin-pool -L "$2" -c 64k --poolmetadatasize 4M -n pool "$1"
+  run lvcreate -y -V 32M -T "$1/pool" -n origin
+  fill_pattern "/dev/$1/origin" "$3" "$4"
 }
 
 write_at() {

@@ -14,9 +14,7 @@ MiB=1048576
 
 step "pool, 32 MiB origin, thin snapshot, 16 MiB of changes"
 make_vg $VG
-run lvcreate -y --type thin-pool -L 96M -c 64k --poolmetadatasize 4M -n pool $VG
-run lvcreate -y -V 32M -T $VG/pool -n origin
-fill_pattern /dev/$VG/origin 24M 0
+thin_origin $VG 96M 24M 0
 run lvcreate -y -s -n snap $VG/origin
 run lvchange -ay -K $VG/snap
 run dd if="$VMTEST_PATTERN" of=/dev/$VG/origin bs=1M count=16 skip=30 seek=8 conv=fsync status=none

@@ -14,9 +14,7 @@ BLK=65536
 
 step "pool (64 KiB blocks), 32 MiB origin mapped in 0-8 MiB; s1, writes A, s2, writes B"
 make_vg $VG
-run lvcreate -y --type thin-pool -L 64M -c 64k --poolmetadatasize 4M -n pool $VG
-run lvcreate -y -V 32M -T $VG/pool -n origin
-fill_pattern /dev/$VG/origin 8M 5
+thin_origin $VG 64M 8M 5
 run lvcreate -y -s -n s1 $VG/origin
 run lvchange -ay -K $VG/s1
 WRITES=$FILES/writes-A.txt write_at /dev/$VG/origin $((10 * BLK)) 4096 A1-block10

@@ -13,9 +13,7 @@ BLK=65536
 
 step "pool (64 KiB blocks), 32 MiB origin mapped in 0-12 MiB, thin snapshot, destinations"
 make_vg $VG
-run lvcreate -y --type thin-pool -L 64M -c 64k --poolmetadatasize 4M -n pool $VG
-run lvcreate -y -V 32M -T $VG/pool -n origin
-fill_pattern /dev/$VG/origin 12M 40
+thin_origin $VG 64M 12M 40
 run lvcreate -y -s -n snap $VG/origin
 run lvchange -ay -K $VG/snap
 run lvcreate -y -Wy -Zy -L 32M -n dest $VG

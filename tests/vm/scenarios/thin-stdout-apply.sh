@@ -13,9 +13,7 @@ BLK=65536
 
 step "pool (64 KiB blocks), 32 MiB thin origin mapped in 0-12 MiB, thin snapshot"
 make_vg $VG
-run lvcreate -y --type thin-pool -L 96M -c 64k --poolmetadatasize 4M -n pool $VG
-run lvcreate -y -V 32M -T $VG/pool -n origin
-fill_pattern /dev/$VG/origin 12M 0
+thin_origin $VG 96M 12M 0
 run lvcreate -y -s -n snap $VG/origin
 run lvchange -ay -K $VG/snap
 write_at /dev/$VG/snap $((28 * MiB)) 4096 S1-snapshot-only-block448

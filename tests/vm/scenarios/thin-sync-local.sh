@@ -13,9 +13,7 @@ BLK=65536
 
 step "pool (64 KiB blocks), 32 MiB thin origin mapped in 0-12 MiB and 20 MiB + 128 KiB"
 make_vg $VG
-run lvcreate -y --type thin-pool -L 64M -c 64k --poolmetadatasize 4M -n pool $VG
-run lvcreate -y -V 32M -T $VG/pool -n origin
-fill_pattern /dev/$VG/origin 12M 0
+thin_origin $VG 64M 12M 0
 WRITES=$TMP/writes-before write_at /dev/$VG/origin $((20 * MiB)) $((2 * BLK)) before-snap-blocks320-321
 run sync
 run lvcreate -y -s -n snap $VG/origin

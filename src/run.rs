@@ -10,6 +10,7 @@ use crate::apply::{apply_stream, ApplyOptions, ApplyReport};
 use crate::blockdev::Device;
 use crate::cli::{ChangeSourceSpec, Config, SendTarget, Verbosity};
 use crate::error::{Error, IoContext, Result};
+use crate::extent::ExtentList;
 use crate::lvm::{self, ClassicSnapshot, Snapshot, ThinSnapshot};
 use crate::send::{send_changes, SendOptions, SendReport};
 use crate::source::cow::ExceptionStore;
@@ -51,11 +52,12 @@ pub fn run(config: Config) -> Result<()> {
 type Resolved = (ChangeSet, Option<PathBuf>, Option<ClassicSnapshot>);
 
 fn resolve_changes(source: &ChangeSourceSpec, data_source: Option<&Path>) -> Result<Resolved> {
-    let data_bytes = match data_source {
-        Some(p) => Some(Device::open_read(p)?.size),
+    let data = match data_source {
+        Some(p) => Some((p.to_owned(), Device::open_read(p)?.size)),
         None => None,
     };
-    let data_path = data_source.map(Path::to_owned);
+    let data_bytes = data.as_ref().map(|(_, size)| *size);
+    let data_path = data.as_ref().map(|(p, _)| p.clone());
     match source {
         ChangeSourceSpec::Cow(path) => {
             let store = ExceptionStore::open(path)?;
@@ -68,9 +70,15 @@ fn resolve_changes(source: &ChangeSourceSpec, data_source: Option<&Path>) -> Res
             origin_id,
         } => {
             let delta = thin::delta(path, *snap_id, *origin_id, MetadataRoot::Superblock)?;
-            let volume_bytes = data_bytes.unwrap_or(u64::MAX);
             let mut extents = delta.extents;
-            extents.clamp(volume_bytes);
+            let volume_bytes = match &data {
+                Some((data_path, size)) => {
+                    check_thin_changes_fit(&extents, delta.data_block_bytes, data_path, *size)?;
+                    extents.clamp(*size);
+                    *size
+                }
+                None => u64::MAX,
+            };
             let changes = ChangeSet {
                 extents,
                 chunk_bytes: delta.data_block_bytes,
@@ -80,17 +88,58 @@ fn resolve_changes(source: &ChangeSourceSpec, data_source: Option<&Path>) -> Res
         }
         ChangeSourceSpec::Snapshot(path) => match lvm::discover_snapshot(path)? {
             Snapshot::Classic(snap) => {
+                check_data_source_size(data.as_ref(), &snap.name, snap.origin_bytes)?;
                 flush_origin(&snap.origin)?;
                 let changes = classic_changes(&snap)?;
                 let data = data_path.unwrap_or_else(|| snap.origin.clone());
                 Ok((changes, Some(data), Some(snap)))
             }
             Snapshot::Thin(snap) => {
+                check_data_source_size(data.as_ref(), &snap.name, snap.origin_bytes)?;
                 flush_origin(&snap.origin)?;
                 let changes = thin_changes(&snap)?;
                 Ok((changes, Some(data_path.unwrap_or(snap.origin)), None))
             }
         },
+    }
+}
+
+/// Refuses a thin change list that reaches a block wholly past the end of the data source (by
+/// `--data-source`): the data source is then not this volume's origin, and dropping those
+/// changes would leave the destination silently different. Only the last block may straddle
+/// the end (a thin block size need not divide the volume size); the caller clamps it.
+fn check_thin_changes_fit(
+    extents: &ExtentList,
+    block_bytes: u64,
+    data_path: &Path,
+    data_bytes: u64,
+) -> Result<()> {
+    let limit = data_bytes
+        .checked_next_multiple_of(block_bytes.max(1))
+        .unwrap_or(u64::MAX);
+    match extents.iter().find(|e| e.end() > limit) {
+        Some(e) => Err(Error::Invalid(format!(
+            "the thin delta has a change at byte {}, past the end of data source {} ({data_bytes} bytes): it is not this volume's origin",
+            e.offset.max(limit),
+            data_path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a data source (by `--data-source`) smaller than the snapshot's volume: it cannot be
+/// a copy of the origin, and changes near the end would be missing from it.
+fn check_data_source_size(
+    data: Option<&(PathBuf, u64)>,
+    snap_name: &str,
+    volume_bytes: u64,
+) -> Result<()> {
+    match data {
+        Some((path, size)) if *size < volume_bytes => Err(Error::Invalid(format!(
+            "data source {} is {size} bytes, smaller than the {volume_bytes}-byte volume of snapshot {snap_name}",
+            path.display()
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -394,4 +443,42 @@ fn print_apply_report(r: &ApplyReport, dest: &Path) {
             None => String::new(),
         }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extent::Extent;
+
+    #[test]
+    fn a_data_source_smaller_than_the_volume_is_refused() {
+        let data = (PathBuf::from("/dev/vg/newer"), 1000);
+        let e = check_data_source_size(Some(&data), "vg/snap", 1001).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "data source /dev/vg/newer is 1000 bytes, smaller than the 1001-byte volume of snapshot vg/snap"
+        );
+        check_data_source_size(Some(&data), "vg/snap", 1000).unwrap();
+        check_data_source_size(None, "vg/snap", 1 << 40).unwrap();
+    }
+
+    #[test]
+    fn only_a_thin_block_straddling_the_data_source_end_is_accepted() {
+        let block = 65536;
+        let list = |extents: &[Extent]| ExtentList::from_extents(extents.iter().copied());
+        let path = Path::new("origin.img");
+        let last = list(&[Extent::data(0, block), Extent::zero(4 * block, block)]);
+        check_thin_changes_fit(&last, block, path, 5 * block).unwrap();
+        check_thin_changes_fit(&last, block, path, 4 * block + 1).unwrap();
+        let e = check_thin_changes_fit(&last, block, path, 4 * block).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("change at byte 262144, past the end of data source origin.img"),
+            "{e}"
+        );
+        // A merged range reaching a whole block past the end is refused at that block.
+        let long = list(&[Extent::data(0, 3 * block)]);
+        let e = check_thin_changes_fit(&long, block, path, block + 1).unwrap_err();
+        assert!(e.to_string().contains("change at byte 131072"), "{e}");
+    }
 }

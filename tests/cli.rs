@@ -368,6 +368,99 @@ fn changes_from_thin_metadata_follow_thin_delta() {
     );
 }
 
+/// Changes past the end of `--data-source` mean it is not the thin volume's origin: refused in
+/// every form before anything is written, never silently dropped. Only a last block that
+/// straddles the end is cut to it.
+#[test]
+fn thin_changes_past_a_short_data_source_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = common::gunzip_fixture("thin/tmeta.img.gz", dir.path());
+    // The delta's last change is block 1920 of 64 KiB (byte 125829120) of a 128 MiB volume.
+    let last = 1920 * 65536;
+    let image = |name: &str, len: u64| {
+        let path = dir.path().join(name);
+        std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+        path
+    };
+    let thin = |data: &Path| {
+        vec![
+            "--thin-metadata".to_string(),
+            p(&meta).to_string(),
+            "--thin-ids".into(),
+            "2:1".into(),
+            "--data-source".into(),
+            p(data).to_string(),
+        ]
+    };
+    let dest_content = common::pattern(128 << 20, 5);
+    let dest = dir.path().join("dest");
+    let marker = dir.path().join("remote-shell-ran");
+    let rsh = format!("sh -c 'touch {}' rsh", p(&marker));
+    for len in [100 << 20, last, last - 1] {
+        let short = image("short", len);
+        let needle = format!("byte {last}, past the end of data source {}", p(&short));
+        let mut changes = vec!["changes".to_string()];
+        changes.extend(thin(&short));
+        refused(&lvmsync().args(&changes).output().unwrap(), &needle);
+        let mut stdout = thin(&short);
+        stdout.push("--stdout".into());
+        let out = lvmsync().args(&stdout).output().unwrap();
+        refused(&out, &needle);
+        assert!(out.stdout.is_empty(), "a stream was written");
+        std::fs::write(&dest, &dest_content).unwrap();
+        let mut local = thin(&short);
+        local.push(p(&dest).into());
+        refused(&lvmsync().args(&local).output().unwrap(), &needle);
+        assert!(
+            std::fs::read(&dest).unwrap() == dest_content,
+            "dest written"
+        );
+        let mut remote = thin(&short);
+        remote.extend(["-e".into(), rsh.clone(), format!("host:{}", p(&dest))]);
+        refused(&lvmsync().args(&remote).output().unwrap(), &needle);
+        assert!(!marker.exists(), "the remote shell was started");
+    }
+    // A data source ending inside the last changed block: that block is cut to it.
+    let straddling = image("straddling", last + 100);
+    let mut changes = vec!["changes".to_string()];
+    changes.extend(thin(&straddling));
+    let out = lvmsync().args(&changes).output().unwrap();
+    ok(&out);
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(listed.lines().last(), Some(&*format!("{last} 100 data")));
+    // A whole volume: every change is sent.
+    let whole = image("whole", 128 << 20);
+    let mut stdout = thin(&whole);
+    stdout.push("--stdout".into());
+    let out = lvmsync().args(&stdout).output().unwrap();
+    ok(&out);
+    std::fs::write(&dest, &dest_content).unwrap();
+    ok(&lvmsync()
+        .args(["--apply", "-", p(&dest)])
+        .write_stdin(out.stdout)
+        .output()
+        .unwrap());
+    // The data source reads zeros: every listed range, the last one included, is zeroed.
+    let mut changes = vec!["changes".to_string()];
+    changes.extend(thin(&whole));
+    let out = lvmsync().args(&changes).output().unwrap();
+    ok(&out);
+    let mut expected = dest_content;
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let f: Vec<usize> = line
+            .split(' ')
+            .take(2)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        expected[f[0]..f[0] + f[1]].fill(0);
+    }
+    assert!(expected[last as usize..].starts_with(&[0; 65536]));
+    assert!(
+        std::fs::read(&dest).unwrap() == expected,
+        "dest != expected"
+    );
+}
+
 #[test]
 fn closed_stdout_is_an_error() {
     let dir = tempfile::tempdir().unwrap();

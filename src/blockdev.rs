@@ -2,12 +2,15 @@
 //!
 //! lvmsync reads and writes both block devices and regular image files. The rules that protect
 //! the user's data live here: a destination is opened read-write without create or truncate, and
-//! only block devices and regular files are accepted.
+//! only block devices and regular files are accepted (checked without blocking: a FIFO is refused,
+//! not waited on).
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
+
+use rustix::fs::OFlags;
 
 use crate::error::{Error, IoContext, Result};
 
@@ -54,16 +57,25 @@ fn kind_of(path: &Path, file: &File) -> Result<DeviceKind> {
         .metadata()
         .ctx(|| format!("{}: cannot stat", path.display()))?
         .file_type();
-    if ft.is_block_device() {
-        Ok(DeviceKind::BlockDevice)
+    let other = if ft.is_block_device() {
+        return Ok(DeviceKind::BlockDevice);
     } else if ft.is_file() {
-        Ok(DeviceKind::RegularFile)
+        return Ok(DeviceKind::RegularFile);
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_socket() {
+        "a socket"
     } else {
-        Err(Error::Invalid(format!(
-            "{}: not a block device or regular file",
-            path.display()
-        )))
-    }
+        "of another kind"
+    };
+    Err(Error::Invalid(format!(
+        "{}: is {other}, not a block device or regular file",
+        path.display()
+    )))
 }
 
 fn size_of(path: &Path, file: &File, kind: DeviceKind) -> Result<u64> {
@@ -84,9 +96,7 @@ fn size_of(path: &Path, file: &File, kind: DeviceKind) -> Result<u64> {
 impl Device {
     /// Opens a data source (or any input) read-only.
     pub fn open_read(path: &Path) -> Result<Device> {
-        let file =
-            File::open(path).ctx(|| format!("{}: cannot open for reading", path.display()))?;
-        Self::wrap(path, file)
+        Self::open(path, false, OFlags::empty(), "for reading")
     }
 
     /// Opens a block device read-only with O_DIRECT, so that what the kernel wrote behind the
@@ -97,12 +107,8 @@ impl Device {
         if plain.kind != DeviceKind::BlockDevice {
             return Ok(plain);
         }
-        match OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(path)
-        {
-            Ok(file) => Self::wrap(path, file),
+        match Self::open(path, false, OFlags::DIRECT, "for direct reading") {
+            Ok(dev) => Ok(dev),
             Err(_) => {
                 // No O_DIRECT here: drop this device's cached buffers instead (never the global
                 // cache).
@@ -120,38 +126,35 @@ impl Device {
     /// Opens a data source read-only with O_DIRECT (reads must then be aligned to
     /// [`DIRECT_ALIGN`] in offset, length and buffer address).
     pub fn open_read_direct(path: &Path) -> Result<Device> {
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(path)
-            .ctx(|| format!("{}: cannot open for direct reading", path.display()))?;
-        Self::wrap(path, file)
+        Self::open(path, false, OFlags::DIRECT, "for direct reading")
     }
 
     /// Opens a destination read-write. It must already exist: lvmsync never creates or
     /// truncates a destination.
     pub fn open_write(path: &Path) -> Result<Device> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .ctx(|| format!("{}: cannot open for writing", path.display()))?;
-        Self::wrap(path, file)
+        Self::open(path, true, OFlags::empty(), "for writing")
     }
 
     /// Opens a destination read-write with O_DIRECT (never creating or truncating it).
     pub fn open_write_direct(path: &Path) -> Result<Device> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(path)
-            .ctx(|| format!("{}: cannot open for direct writing", path.display()))?;
-        Self::wrap(path, file)
+        Self::open(path, true, OFlags::DIRECT, "for direct writing")
     }
 
-    fn wrap(path: &Path, file: File) -> Result<Device> {
+    /// Opens `path` (never creating or truncating it) and accepts only a block device or a
+    /// regular file. The open itself is non-blocking, because opening a FIFO blocks until its
+    /// other end is opened; O_NONBLOCK is cleared again once the file is known to be seekable.
+    fn open(path: &Path, write: bool, flags: OFlags, what: &str) -> Result<Device> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags((flags | OFlags::NONBLOCK).bits() as i32)
+            .open(path)
+            .ctx(|| format!("{}: cannot open {what}", path.display()))?;
         let kind = kind_of(path, &file)?;
+        rustix::fs::fcntl_getfl(&file)
+            .and_then(|fl| rustix::fs::fcntl_setfl(&file, fl - OFlags::NONBLOCK))
+            .map_err(io::Error::from)
+            .ctx(|| format!("{}: cannot clear O_NONBLOCK", path.display()))?;
         let size = size_of(path, &file, kind)?;
         Ok(Device { file, kind, size })
     }

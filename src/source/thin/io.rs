@@ -14,12 +14,13 @@
 //! Both buffers belong to one [`MetadataDev`], which lives for one operation: nothing is cached
 //! between calls.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::ThinError;
+use crate::blockdev::{Device, DeviceKind};
+use crate::error::Error;
 
 /// Size of a metadata block in bytes (dm-thin always uses 4 KiB metadata blocks).
 pub const BLOCK_SIZE: usize = 4096;
@@ -70,23 +71,24 @@ fn as_bytes_mut(blocks: &mut [AlignedBlock]) -> &mut [u8] {
 
 impl MetadataDev {
     pub fn open(path: &Path) -> Result<Self, ThinError> {
-        let io_err = |what: &str, source| ThinError::Io {
-            path: path.to_path_buf(),
-            context: what.to_string(),
-            source,
+        // Only a block device or a regular file, checked without blocking (a FIFO would block
+        // the open until a writer appears).
+        let opening = |e: Error| match e {
+            Error::Io { source, .. } => ThinError::Io {
+                path: path.to_path_buf(),
+                context: "opening thin metadata".into(),
+                source,
+            },
+            e => ThinError::Metadata(e.to_string()),
         };
-        let meta = std::fs::metadata(path).map_err(|e| io_err("examining", e))?;
-        let direct = meta.file_type().is_block_device();
-        let mut opts = OpenOptions::new();
-        opts.read(true);
-        if direct {
-            opts.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
-        }
-        let mut file = opts.open(path).map_err(|e| io_err("opening", e))?;
-        // Works for regular files and block devices alike.
-        let len = file
-            .seek(SeekFrom::End(0))
-            .map_err(|e| io_err("finding the size of", e))?;
+        let plain = Device::open_read(path).map_err(opening)?;
+        let direct = plain.kind == DeviceKind::BlockDevice;
+        let dev = if direct {
+            Device::open_read_direct(path).map_err(opening)?
+        } else {
+            plain
+        };
+        let (file, len) = (dev.file, dev.size);
         Ok(MetadataDev {
             file,
             path: path.to_path_buf(),

@@ -1,0 +1,92 @@
+//! The standard streams and special files: a closed or broken standard output or error, FIFOs
+//! given where a seekable file is needed, and I/O errors that name what failed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lvmsync");
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn refused(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "want exit status 1: {err}");
+    assert!(err.contains(needle), "stderr lacks '{needle}': {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+}
+
+fn fifo(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let c = std::ffi::CString::new(p(&path)).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    path
+}
+
+/// Runs lvmsync, killing it if it hangs (then the status is a signal, and the test fails).
+fn run_bounded(args: &[&str]) -> Output {
+    assert_cmd::Command::new(BIN)
+        .args(args)
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn fifos_are_refused_where_a_seekable_file_is_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cow, before, after) = common::classic_fixture(dir.path());
+    let meta = common::gunzip_fixture("thin/tmeta.img.gz", dir.path());
+    let f = fifo(dir.path(), "fifo");
+    let is_fifo = format!("{}: is a FIFO, not a block device or regular file", p(&f));
+    for args in [
+        &["changes", "--cow", p(&f)][..],
+        &["changes", "--thin-metadata", p(&f), "--thin-ids", "2:1"],
+        &["changes", "--cow", p(&cow), "--data-source", p(&f)],
+        &["--stdout", "--cow", p(&f), "--data-source", p(&after)],
+        &["--stdout", "--cow", p(&cow), "--data-source", p(&f)],
+        &[
+            "--stdout",
+            "--thin-metadata",
+            p(&meta),
+            "--thin-ids",
+            "2:1",
+            "-r",
+            p(&f),
+        ],
+        &["--cow", p(&cow), "--data-source", p(&after), p(&f)],
+        &["--apply", p(&before), p(&f)],
+    ] {
+        refused(&run_bounded(args), &is_fifo);
+    }
+}
+
+#[test]
+fn a_stream_may_come_through_a_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cow, before, after) = common::classic_fixture(dir.path());
+    let f = fifo(dir.path(), "fifo");
+    let sent = run_bounded(&["--stdout", "--cow", p(&cow), "--data-source", p(&after)]);
+    assert!(sent.status.success());
+    let path = f.clone();
+    let feeder = std::thread::spawn(move || {
+        let mut into_fifo = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        std::io::Write::write_all(&mut into_fifo, &sent.stdout).unwrap();
+    });
+    let copy = dir.path().join("copy");
+    common::copy(&before, &copy);
+    let out = run_bounded(&["--apply", p(&f), p(&copy)]);
+    // (Checked before joining: a receiver that never opened the FIFO leaves the feeder blocked.)
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    feeder.join().unwrap();
+    assert!(common::same(&copy, &after));
+}

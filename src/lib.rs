@@ -11,6 +11,7 @@ pub mod cli;
 pub mod error;
 pub mod extent;
 pub mod lvm;
+pub mod msg;
 pub mod run;
 pub mod send;
 pub mod source;

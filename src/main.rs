@@ -7,7 +7,7 @@ fn main() -> ExitCode {
     match cli.into_config().and_then(lvmsync::run::run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lvmsync: {e}");
+            lvmsync::say!("lvmsync: {e}");
             ExitCode::FAILURE
         }
     }

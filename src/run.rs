@@ -223,7 +223,7 @@ fn run_send(config: Config) -> Result<()> {
     let (changes, data_path, classic) = resolve_changes(&source, data_source.as_deref())?;
     let data_path = data_path.ok_or_else(|| Error::Invalid("no data source".into()))?;
     if verbosity >= Verbosity::Verbose {
-        eprintln!(
+        crate::say!(
             "lvmsync: {} changed ranges, {} in {}-byte chunks of a {} volume; data source: {}",
             changes.extents.len(),
             HumanBytes(changes.extents.total_bytes()),
@@ -234,10 +234,10 @@ fn run_send(config: Config) -> Result<()> {
     }
     if verbosity == Verbosity::Debug {
         if let Some(snap) = &classic {
-            eprintln!("lvmsync: {snap:?}");
+            crate::say!("lvmsync: {snap:?}");
         }
         for e in &changes.extents {
-            eprintln!("lvmsync: change {} +{} {}", e.offset, e.len, e.kind);
+            crate::say!("lvmsync: change {} +{} {}", e.offset, e.len, e.kind);
         }
     }
     let opts = SendOptions {
@@ -400,6 +400,9 @@ fn is_broken_pipe(e: &Error) -> bool {
     io.kind() == io::ErrorKind::BrokenPipe
 }
 
+/// A progress bar on a terminal. indicatif ignores errors drawing it (a terminal that went
+/// away cannot make lvmsync panic); only the calls used here are known to: `set_position`,
+/// `finish_and_clear`.
 fn progress_bar(verbosity: Verbosity, total: u64) -> Option<ProgressBar> {
     if verbosity == Verbosity::Quiet || !io::stderr().is_terminal() {
         return None;
@@ -415,7 +418,7 @@ fn progress_bar(verbosity: Verbosity, total: u64) -> Option<ProgressBar> {
 fn print_send_report(r: &SendReport, changes: &ChangeSet) {
     let secs = r.elapsed.as_secs_f64().max(1e-6);
     let changed = r.totals.data_bytes + r.totals.zero_bytes;
-    eprintln!(
+    crate::say!(
         "lvmsync: sent {} ranges, {} of changes ({} on the wire) in {:.2} s, {}/s; {:.2}% of the {} volume",
         r.ranges,
         HumanBytes(changed),
@@ -432,7 +435,7 @@ fn print_send_report(r: &SendReport, changes: &ChangeSet) {
 }
 
 fn print_apply_report(r: &ApplyReport, dest: &Path) {
-    eprintln!(
+    crate::say!(
         "lvmsync: applied {} records, {} of data and {} of zeros to {}{}",
         r.totals.records,
         HumanBytes(r.totals.data_bytes),

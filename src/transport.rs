@@ -7,7 +7,7 @@
 //! destination such as `/tmp/a b;touch /tmp/x` therefore arrives as one argument and runs nothing.
 
 use std::ffi::OsString;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -285,9 +285,8 @@ fn spawn_relay<R: Read + Send + 'static>(pipe: R, done: mpsc::Sender<()>) -> Res
                         if !line.ends_with(b"\n") {
                             line.push(b'\n');
                         }
-                        let mut err = io::stderr().lock();
-                        let _ = err.write_all(b"remote: ");
-                        let _ = err.write_all(&line);
+                        line.splice(0..0, *b"remote: ");
+                        crate::msg::raw(&line);
                     }
                 }
             }
@@ -300,6 +299,7 @@ fn spawn_relay<R: Read + Send + 'static>(pipe: R, done: mpsc::Sender<()>) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{self, Write};
     use std::path::Path;
 
     fn remote(host: &str, path: &str) -> Destination {

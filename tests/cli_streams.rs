@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_lvmsync");
@@ -18,6 +18,52 @@ fn refused(out: &Output, needle: &str) {
     assert_eq!(out.status.code(), Some(1), "want exit status 1: {err}");
     assert!(err.contains(needle), "stderr lacks '{needle}': {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+}
+
+/// lvmsync with standard error a pipe whose reader is gone: every write to it fails (EPIPE).
+fn with_broken_stderr(args: &[&str], stdout: Stdio) -> std::process::ExitStatus {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(BIN)
+        .args(args)
+        .stdout(stdout)
+        .stderr(writer)
+        .status()
+        .unwrap()
+}
+
+#[test]
+fn a_broken_stderr_does_not_change_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cow, before, after) = common::classic_fixture(dir.path());
+    let stream = dir.path().join("stream");
+    // -v: more messages, each of which cannot be written.
+    let status = with_broken_stderr(
+        &[
+            "-v",
+            "--stdout",
+            "--cow",
+            p(&cow),
+            "--data-source",
+            p(&after),
+        ],
+        std::fs::File::create(&stream).unwrap().into(),
+    );
+    assert_eq!(status.code(), Some(0), "--stdout");
+    let copy = dir.path().join("copy");
+    common::copy(&before, &copy);
+    let status = with_broken_stderr(&["-v", "--apply", p(&stream), p(&copy)], Stdio::null());
+    assert_eq!(status.code(), Some(0), "--apply");
+    assert!(common::same(&copy, &after));
+
+    common::copy(&before, &copy);
+    let args = ["--cow", p(&cow), "--data-source", p(&after), p(&copy)];
+    assert_eq!(with_broken_stderr(&args, Stdio::null()).code(), Some(0));
+    assert!(common::same(&copy, &after));
+    // A failure stays a plain failure (1), not a panic (101), when its message cannot be shown.
+    let missing = dir.path().join("missing");
+    let args = ["--cow", p(&cow), "--data-source", p(&after), p(&missing)];
+    assert_eq!(with_broken_stderr(&args, Stdio::null()).code(), Some(1));
 }
 
 fn fifo(dir: &Path, name: &str) -> PathBuf {

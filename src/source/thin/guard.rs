@@ -153,7 +153,7 @@ fn install_signal_handler() -> Result<(), ThinError> {
                         let mut reg = registry();
                         for (_, pool) in reg.held.drain(..) {
                             if let Err(e) = release_snapshot(&pool) {
-                                eprintln!("lvmsync: {e}");
+                                crate::say!("lvmsync: {e}");
                             }
                         }
                         std::process::exit(128 + sig);
@@ -254,7 +254,7 @@ impl MetadataSnapGuard {
 impl Drop for MetadataSnapGuard {
     fn drop(&mut self) {
         if let Err(e) = self.release_once() {
-            eprintln!("lvmsync: {e}");
+            crate::say!("lvmsync: {e}");
         }
     }
 }

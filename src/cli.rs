@@ -55,8 +55,9 @@ pub struct OfflineSourceArgs {
     /// Thin device ids of the snapshot and its origin in --thin-metadata.
     #[arg(long, value_name = "SNAP:ORIGIN", requires = "thin_metadata")]
     pub thin_ids: Option<String>,
-    /// Origin size in bytes for `changes` with an offline source (default: the data source's
-    /// size, or unbounded).
+    /// Read the changed data from DEV instead of the snapshot's origin (e.g. a newer snapshot).
+    /// With --cow or --thin-metadata it stands in for the origin: required for sending, and it
+    /// bounds `changes`.
     #[arg(long, value_name = "DEV", short = 'r')]
     pub data_source: Option<PathBuf>,
 }
@@ -183,6 +184,20 @@ pub enum Config {
         source: ChangeSourceSpec,
         data_source: Option<PathBuf>,
     },
+}
+
+impl Config {
+    /// Whether the command writes its result to standard output.
+    pub fn writes_stdout(&self) -> bool {
+        matches!(
+            self,
+            Config::Changes { .. }
+                | Config::Send {
+                    target: SendTarget::Stdout,
+                    ..
+                }
+        )
+    }
 }
 
 fn usage(msg: impl Into<String>) -> Error {

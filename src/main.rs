@@ -1,10 +1,34 @@
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 
+/// Whether file descriptor 1 was closed when lvmsync started (`lvmsync --stdout ... >&-`).
+/// Rust's runtime puts /dev/null in place of a closed standard descriptor before `main`, which
+/// would throw the output away and report success; an ELF constructor runs earlier and sees it.
+static STDOUT_CLOSED_AT_START: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn record_closed_stdout() {
+    // SAFETY: F_GETFD only queries the descriptor; it fails (EBADF) when fd 1 is not open.
+    let closed = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_GETFD) } == -1;
+    STDOUT_CLOSED_AT_START.store(closed, Ordering::Relaxed);
+}
+
+#[used]
+#[link_section = ".init_array"]
+static RECORD_CLOSED_STDOUT: extern "C" fn() = record_closed_stdout;
+
 fn main() -> ExitCode {
     let cli = lvmsync::cli::Cli::parse();
-    match cli.into_config().and_then(lvmsync::run::run) {
+    let result = cli.into_config().and_then(|config| {
+        if config.writes_stdout() && STDOUT_CLOSED_AT_START.load(Ordering::Relaxed) {
+            return Err(lvmsync::Error::Invalid(
+                "standard output is closed; nothing was read or sent".into(),
+            ));
+        }
+        lvmsync::run::run(config)
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             lvmsync::say!("lvmsync: {e}");

@@ -9,7 +9,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use crate::apply::{apply_stream, ApplyOptions, ApplyReport};
 use crate::blockdev::Device;
 use crate::cli::{ChangeSourceSpec, Config, SendTarget, Verbosity};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Named, Result};
 use crate::extent::ExtentList;
 use crate::lvm::{self, ClassicSnapshot, Snapshot, ThinSnapshot};
 use crate::send::{send_changes, SendOptions, SendReport};
@@ -17,6 +17,9 @@ use crate::source::cow::ExceptionStore;
 use crate::source::thin::{self, MetadataRoot};
 use crate::source::ChangeSet;
 use crate::transport::{parse_destination, Destination, RemoteApply, RemoteOptions};
+
+const STDOUT_WRITE: &str = "standard output: cannot write";
+const PIPE_WRITE: &str = "pipe to the local receiver: cannot write";
 
 pub fn run(config: Config) -> Result<()> {
     match config {
@@ -33,9 +36,15 @@ pub fn run(config: Config) -> Result<()> {
         } => {
             let opts = ApplyOptions { snapback, force };
             let report = if input == "-" {
-                apply_stream(io::stdin().lock(), &dest, &opts)?
+                let stdin =
+                    Named::new(io::stdin().lock(), "standard input: cannot read the stream");
+                apply_stream(stdin, &dest, &opts)?
             } else {
-                let f = std::fs::File::open(&input).ctx(|| format!("{input}: cannot open"))?;
+                // A FIFO is fine here (a stream may come through a named pipe): this open waits
+                // for its writer.
+                let f = std::fs::File::open(&input)
+                    .ctx(|| format!("{input}: cannot open the stream for reading"))?;
+                let f = Named::new(f, format!("{input}: cannot read the stream"));
                 apply_stream(io::BufReader::with_capacity(1 << 20, f), &dest, &opts)?
             };
             if verbosity >= Verbosity::Verbose {
@@ -196,11 +205,11 @@ fn thin_changes(snap: &ThinSnapshot) -> Result<ChangeSet> {
 
 fn run_changes(source: &ChangeSourceSpec, data_source: Option<&Path>) -> Result<()> {
     let (changes, _, _) = resolve_changes(source, data_source)?;
-    let mut out = BufWriter::new(io::stdout().lock());
+    let mut out = BufWriter::new(Named::new(io::stdout().lock(), STDOUT_WRITE));
     for e in &changes.extents {
-        writeln!(out, "{} {} {}", e.offset, e.len, e.kind).ctx(|| "stdout".into())?;
+        writeln!(out, "{} {} {}", e.offset, e.len, e.kind).ctx(|| STDOUT_WRITE.into())?;
     }
-    out.flush().ctx(|| "stdout".into())
+    out.flush().ctx(|| STDOUT_WRITE.into())
 }
 
 fn run_send(config: Config) -> Result<()> {
@@ -253,7 +262,8 @@ fn run_send(config: Config) -> Result<()> {
     };
     let report = match target {
         SendTarget::Stdout => {
-            let out = BufWriter::with_capacity(1 << 20, io::stdout().lock());
+            let out =
+                BufWriter::with_capacity(1 << 20, Named::new(io::stdout().lock(), STDOUT_WRITE));
             let closed = |e: Error| {
                 if is_broken_pipe(&e) {
                     Error::Invalid("standard output closed before the stream was complete".into())
@@ -263,9 +273,7 @@ fn run_send(config: Config) -> Result<()> {
             };
             let (mut out, report) =
                 send_changes(&changes, &data_path, out, &opts, &progress).map_err(closed)?;
-            out.flush()
-                .ctx(|| "standard output".into())
-                .map_err(closed)?;
+            out.flush().ctx(|| STDOUT_WRITE.into()).map_err(closed)?;
             report
         }
         SendTarget::Dest(dest) => match parse_destination(&dest) {
@@ -337,12 +345,12 @@ fn send_local(
         let sent = send_changes(
             changes,
             data_path,
-            BufWriter::with_capacity(1 << 20, writer),
+            BufWriter::with_capacity(1 << 20, Named::new(writer, PIPE_WRITE)),
             opts,
             progress,
         )
         .and_then(|(mut w, r)| {
-            w.flush().ctx(|| "pipe to the receiver".into())?;
+            w.flush().ctx(|| PIPE_WRITE.into())?;
             Ok(r)
         });
         let applied = receiver.join().expect("receiver thread panicked");
@@ -367,12 +375,16 @@ fn send_remote(
     let sent = send_changes(
         changes,
         data_path,
-        BufWriter::with_capacity(1 << 20, remote.input()),
+        BufWriter::with_capacity(
+            1 << 20,
+            Named::new(remote.input(), format!("stream to {host}: cannot write")),
+        ),
         opts,
         progress,
     )
     .and_then(|(mut w, r)| {
-        w.flush().ctx(|| format!("stream to {host}"))?;
+        w.flush()
+            .ctx(|| format!("stream to {host}: cannot write"))?;
         Ok(r)
     });
     match sent {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -64,6 +65,70 @@ fn a_broken_stderr_does_not_change_the_outcome() {
     let missing = dir.path().join("missing");
     let args = ["--cow", p(&cow), "--data-source", p(&after), p(&missing)];
     assert_eq!(with_broken_stderr(&args, Stdio::null()).code(), Some(1));
+}
+
+/// lvmsync started with file descriptor 1 closed (`>&-`).
+fn with_closed_stdout(args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stderr(Stdio::piped());
+    // SAFETY: close(2) is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close(1);
+            Ok(())
+        });
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_closed_stdout_is_refused_before_anything_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cow, _, after) = common::classic_fixture(dir.path());
+    refused(
+        &with_closed_stdout(&["changes", "--cow", p(&cow)]),
+        "standard output is closed",
+    );
+    refused(
+        &with_closed_stdout(&["--stdout", "--cow", p(&cow), "--data-source", p(&after)]),
+        "standard output is closed",
+    );
+    // Closed standard output is not even looked at by the forms that do not use it.
+    let copy = dir.path().join("copy");
+    common::copy(&after, &copy);
+    let out = with_closed_stdout(&["--cow", p(&cow), "--data-source", p(&after), p(&copy)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_full_stdout_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cow, _, after) = common::classic_fixture(dir.path());
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    for args in [
+        &["changes", "--cow", p(&cow)][..],
+        &["--stdout", "--cow", p(&cow), "--data-source", p(&after)],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .stdout(full())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        refused(
+            &out,
+            "standard output: cannot write: No space left on device",
+        );
+    }
 }
 
 fn fifo(dir: &Path, name: &str) -> PathBuf {
@@ -135,4 +200,34 @@ fn a_stream_may_come_through_a_fifo() {
     );
     feeder.join().unwrap();
     assert!(common::same(&copy, &after));
+}
+
+#[test]
+fn stream_read_errors_name_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, before, _) = common::classic_fixture(dir.path());
+    // A directory opens, but reading it fails (EISDIR).
+    let input = dir.path().join("a-directory");
+    std::fs::create_dir(&input).unwrap();
+    refused(
+        &run_bounded(&["--apply", p(&input), p(&before)]),
+        &format!(
+            "{}: cannot read the stream at byte 0: Is a directory",
+            p(&input)
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["--apply", "-", p(&before)])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .unwrap();
+    refused(
+        &out,
+        "standard input: cannot read the stream at byte 0: Is a directory",
+    );
+    let missing = dir.path().join("missing");
+    refused(
+        &run_bounded(&["--apply", p(&missing), p(&before)]),
+        &format!("{}: cannot open the stream for reading", p(&missing)),
+    );
 }

@@ -95,7 +95,12 @@ impl Tools for SystemTools {
         let st = match stat(path) {
             Ok(st) => st,
             Err(rustix::io::Errno::NOENT) => return Ok(PathKind::Missing),
-            Err(e) => return Err(Error::io(path.display().to_string(), e.into())),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("{}: cannot stat", path.display()),
+                    e.into(),
+                ))
+            }
         };
         Ok(match FileType::from_raw_mode(st.st_mode) {
             FileType::BlockDevice => PathKind::Block(DevNum {
@@ -117,7 +122,10 @@ impl Tools for SystemTools {
             match std::fs::read_to_string(dir.join(f)) {
                 Ok(s) => Ok(Some(s.trim_end_matches('\n').to_string())),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(Error::io(dir.join(f).display().to_string(), e)),
+                Err(e) => Err(Error::io(
+                    format!("{}: cannot read", dir.join(f).display()),
+                    e,
+                )),
             }
         };
         let Some(name) = read("name")? else {

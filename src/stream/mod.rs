@@ -505,10 +505,7 @@ impl<R: Read> Input<R> {
                 Err(e) => {
                     self.pos += n as u64;
                     // Keep the kind (callers tell broken pipes apart), add the position.
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("reading the stream at byte {}: {e}", self.pos),
-                    ));
+                    return Err(crate::error::at_stream_byte(e, self.pos));
                 }
             }
         }

@@ -3,42 +3,67 @@
 //! Safety rules:
 //! - the destination must exist; it is never created or truncated, and no record may reach past
 //!   its end (checked per record, and for format 4 against the header before the first write);
-//! - the snapback file (the destination's old contents of every range overwritten, in the input's
-//!   format) is write-ahead: a batch's old contents are durable before the batch overwrites the
-//!   destination, so after a crash at any point applying the snapback rolls the destination back;
+//! - the snapback file (the destination's old contents of every range overwritten, as a format 4
+//!   stream marked as a snapback) is write-ahead. **Invariant: nothing is written to the
+//!   destination whose old contents are not already durable in a complete, checksummed record
+//!   of the snapback.** Each batch carries a sequence number; the saver publishes the number of
+//!   batches whose old contents are durable, and the writer refuses a batch beyond it. So after
+//!   a crash at any point the snapback, cut wherever the crash left it, restores every range
+//!   that was overwritten: a cut snapback is applied up to its last complete record (its tail
+//!   is at most [`v4::MAX_SNAPBACK_TAIL`] bytes, since it is made durable at least that often);
+//! - the snapback file is created (mode 0600 or stricter), with its header, durable and its
+//!   directory entry synced before anything else is written; it may not be the destination;
 //! - the destination and the snapback are fsynced before success is reported.
 //!
 //! Speed: the calling thread reads and verifies the stream into batches; a second thread reads
 //! each batch's old contents into the snapback and makes them durable; a third writes the batch
 //! while the second works on the next one. Both keep up to [`QUEUE_DEPTH`] reads or writes in
-//! flight. Records aligned to
-//! [`DIRECT_ALIGN`] are read and written with O_DIRECT from aligned buffers. Records within a
-//! batch are disjoint (an overlap starts a new batch), so their order of writing does not matter.
+//! flight. Records aligned to [`DIRECT_ALIGN`] are read and written with O_DIRECT from aligned
+//! buffers. Records within a batch are disjoint (an overlap starts a new batch), so their order of
+//! writing does not matter.
+//!
+//! Memory: [`BATCHES`] batches circulate, each holding at most [`BATCH_HELD_BYTES`] (plus one
+//! piece) of new data and saved old contents together; records are cut into pieces of at most
+//! [`PIECE_BYTES`] so that neither a large record nor a large zero range (whose old contents the
+//! snapback must hold) can grow a batch.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::blockdev::{
-    direct_aligned, direct_io_override, read_full_at, AlignedVec, Device, DIRECT_ALIGN,
+    direct_aligned, direct_io_override, read_full_at, AlignedVec, Device, DeviceKind, DIRECT_ALIGN,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::stream::{
-    Format, Record, StreamInfo, StreamReader, StreamTotals, StreamWriter, WriterOptions,
+    v4, Format, Record, StreamError, StreamInfo, StreamReader, StreamTotals, StreamWriter,
+    WriterOptions,
 };
 
-/// Bytes of new data gathered before a batch is handed to the writing thread.
-const BATCH_BYTES: usize = 32 << 20;
+/// Bytes a batch holds (new data, and with a snapback the old contents saved from the
+/// destination) before it is handed to the writing side.
+const BATCH_HELD_BYTES: usize = 16 << 20;
+/// Records and zero ranges are cut into pieces of at most this many bytes.
+const PIECE_BYTES: usize = 2 << 20;
 /// Records gathered before a batch is handed over, whatever their size.
 const BATCH_RECORDS: usize = 65536;
+/// Batches in circulation: one being filled, one being saved, one being written.
+const BATCHES: usize = 3;
 /// Reads or writes in flight at once.
 const QUEUE_DEPTH: usize = 32;
+
+// A batch's snapback records (old contents plus a header per piece) must fit in the tail a
+// reader accepts from a snapback cut short by a crash.
+const _: () = assert!(
+    ((BATCH_HELD_BYTES + PIECE_BYTES + BATCH_RECORDS * (v4::RECORD_HEADER_LEN + 64)) as u64)
+        < v4::MAX_SNAPBACK_TAIL
+);
 
 #[derive(Debug, Clone, Default)]
 pub struct ApplyOptions {
@@ -54,6 +79,9 @@ pub struct ApplyReport {
     pub info: StreamInfo,
     pub totals: StreamTotals,
     pub snapback: Option<StreamTotals>,
+    /// The input was a snapback cut short by a crash: the stream byte where its last complete
+    /// record ends. Every range it recorded was restored.
+    pub interrupted_snapback: Option<u64>,
 }
 
 /// Applies the stream read from `input` onto `dest`.
@@ -72,7 +100,7 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
         }
     }
     let mut snapback = match &opts.snapback {
-        Some(path) => Some(Snapback::create(path, opts.force, &info, dev.size)?),
+        Some(path) => Some(Snapback::create(path, opts.force, &info, dest, &dev)?),
         None => None,
     };
     // Without O_DIRECT (some file systems), every record goes through the page cache.
@@ -91,19 +119,26 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
     };
     let mut written = WrittenRanges::default();
     let keep_snapback = snapback.is_some();
+    // Batches whose old contents are durable in the snapback (write-ahead; see the module doc).
+    let durable_batches = AtomicU64::new(0);
     // Batches flow: reading thread -> saver (old contents into the snapback, made durable)
-    // -> writer (the new contents) -> back to the reading thread for reuse. The writer works on
-    // one batch while the saver works on the next: batches are disjoint when a snapback is kept,
-    // and without one the saver only passes them on, so stream order is kept either way.
+    // -> writer (the new contents) -> back to the pool. The writer works on one batch while the
+    // saver works on the next: batches are disjoint when a snapback is kept, and without one the
+    // saver only passes them on, so stream order is kept either way.
     let (full_tx, full_rx) = bounded::<Batch>(1);
     let (saved_tx, saved_rx) = bounded::<Batch>(1);
-    let (empty_tx, empty_rx) = bounded::<Batch>(3);
-    let (totals, snapback_totals) = std::thread::scope(|scope| {
+    let (pool_tx, pool_rx) = bounded::<Batch>(BATCHES);
+    for _ in 0..BATCHES {
+        pool_tx.send(Batch::default()).expect("the pool has room");
+    }
+    let (totals, interrupted, snapback_totals) = std::thread::scope(|scope| {
         let target = &target;
+        let durable_batches = &durable_batches;
         let saver = scope.spawn(move || -> Result<Option<StreamTotals>> {
             for mut batch in full_rx {
                 if let Some(sb) = snapback.as_mut() {
                     batch.save_old(target, sb)?;
+                    durable_batches.store(batch.seq + 1, Ordering::Release);
                 }
                 saved_tx
                     .send(batch)
@@ -117,14 +152,39 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
         });
         let writer = scope.spawn(move || -> Result<()> {
             for mut batch in saved_rx {
+                if keep_snapback && durable_batches.load(Ordering::Acquire) <= batch.seq {
+                    return Err(Error::Invalid(format!(
+                        "internal error: batch {} reached the writer before its old contents were durable in the snapback",
+                        batch.seq
+                    )));
+                }
                 batch.write(target)?;
-                let _ = empty_tx.try_send(batch);
+                let _ = pool_tx.send(batch);
             }
             Ok(())
         });
-        let read = (|| -> Result<StreamTotals> {
-            let mut batch = Batch::default();
-            while let Some(record) = reader.next_record()? {
+        let read = (|| -> Result<(StreamTotals, Option<u64>)> {
+            let mut filler = Filler {
+                batch: Some(take_from_pool(&pool_rx)?),
+                seq: 0,
+                full_tx: &full_tx,
+                pool_rx: &pool_rx,
+                keep_snapback,
+            };
+            let mut interrupted = None;
+            loop {
+                let at = reader.position();
+                let record = match reader.next_record() {
+                    Ok(Some(record)) => record,
+                    Ok(None) => break,
+                    Err(e) => match snapback_cut(&mut reader, &info, at, e)? {
+                        Some(end) => {
+                            interrupted = Some(end);
+                            break;
+                        }
+                        None => unreachable!("snapback_cut returns an error or the cut"),
+                    },
+                };
                 let (offset, len) = match record {
                     Record::Data { offset, data } => (offset, data.len() as u64),
                     Record::Zero { offset, len } => (offset, len),
@@ -137,19 +197,10 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
                         ))
                     })?;
                 }
-                if batch.overlaps(offset, len) {
-                    // Overlapping records must land in stream order: the earlier batch first.
-                    batch = hand_over(batch, &full_tx, &empty_rx)?;
-                }
-                batch.push(&record);
-                if batch.data.len() >= BATCH_BYTES || batch.ops.len() >= BATCH_RECORDS {
-                    batch = hand_over(batch, &full_tx, &empty_rx)?;
-                }
+                filler.push(&record)?;
             }
-            if !batch.ops.is_empty() {
-                hand_over(batch, &full_tx, &empty_rx)?;
-            }
-            Ok(reader.totals())
+            filler.finish()?;
+            Ok((reader.totals(), interrupted))
         })();
         drop(full_tx);
         let saved = saver.join().expect("snapback thread panicked");
@@ -157,7 +208,8 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
         // A failed write explains why nothing more could be handed over: report it first.
         written?;
         let snapback_totals = saved?;
-        Ok::<_, Error>((read?, snapback_totals))
+        let (totals, interrupted) = read?;
+        Ok::<_, Error>((totals, interrupted, snapback_totals))
     })?;
     target
         .dev
@@ -167,18 +219,115 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
         info,
         totals,
         snapback: snapback_totals,
+        interrupted_snapback: interrupted,
     })
 }
 
-/// Hands a full batch to the writing thread; returns an empty one to fill next.
-fn hand_over(
-    batch: Batch,
-    full: &crossbeam_channel::Sender<Batch>,
-    empty: &crossbeam_channel::Receiver<Batch>,
-) -> Result<Batch> {
-    full.send(batch)
-        .map_err(|_| Error::Invalid("the apply writer stopped".into()))?;
-    Ok(empty.try_recv().unwrap_or_default())
+/// Judges a stream error at stream byte `at` (where the failing record starts). A snapback
+/// that ends there in no more than [`v4::MAX_SNAPBACK_TAIL`] bytes that do not form a record was
+/// cut short by a crash of the apply that wrote it: `Ok(Some(at))`, and the records before it
+/// are all that was ever overwritten. Anything else is the error it is.
+fn snapback_cut<R: Read>(
+    reader: &mut StreamReader<R>,
+    info: &StreamInfo,
+    at: u64,
+    error: StreamError,
+) -> Result<Option<u64>> {
+    let damaged = matches!(error, StreamError::Corrupt(_) | StreamError::Unsupported(_));
+    if !info.snapback || !damaged {
+        return Err(error.into());
+    }
+    let consumed = reader.position() - at;
+    let limit = v4::MAX_SNAPBACK_TAIL.saturating_sub(consumed);
+    let rest = reader
+        .skip_rest(limit)
+        .map_err(|e| Error::io(format!("reading the snapback after byte {at}"), e))?;
+    if consumed + rest > v4::MAX_SNAPBACK_TAIL {
+        return Err(Error::Invalid(format!(
+            "{error}; more than {} bytes follow, more than an interrupted apply leaves: the snapback is damaged, and the records before byte {at} were restored",
+            v4::MAX_SNAPBACK_TAIL
+        )));
+    }
+    Ok(Some(at))
+}
+
+fn take_from_pool(pool: &Receiver<Batch>) -> Result<Batch> {
+    pool.recv()
+        .map_err(|_| Error::Invalid("the apply writer stopped".into()))
+}
+
+/// Cuts records into pieces and gathers them into batches for the saving and writing threads.
+struct Filler<'a> {
+    /// Always `Some` between calls; `None` only while a batch is handed over.
+    batch: Option<Batch>,
+    /// Sequence number of the batch being filled.
+    seq: u64,
+    full_tx: &'a Sender<Batch>,
+    pool_rx: &'a Receiver<Batch>,
+    keep_snapback: bool,
+}
+
+impl Filler<'_> {
+    fn batch(&mut self) -> &mut Batch {
+        self.batch.as_mut().expect("a batch is being filled")
+    }
+
+    fn push(&mut self, record: &Record<'_>) -> Result<()> {
+        let keep = self.keep_snapback;
+        match *record {
+            Record::Data { offset, data } => {
+                for (i, piece) in data.chunks(PIECE_BYTES).enumerate() {
+                    let at = offset + (i * PIECE_BYTES) as u64;
+                    self.make_room(at, piece.len() as u64)?;
+                    self.batch().push_data(at, piece, keep);
+                }
+            }
+            Record::Zero { offset, len } => {
+                // The snapback must hold a zero range's old contents: cut it like data.
+                let piece = if keep { PIECE_BYTES as u64 } else { len };
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(piece);
+                    self.make_room(offset + done, n)?;
+                    self.batch().push_zero(offset + done, n, keep);
+                    done += n;
+                }
+            }
+        }
+        let batch = self.batch();
+        if batch.held >= BATCH_HELD_BYTES || batch.ops.len() >= BATCH_RECORDS {
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the batch over first if the piece would overlap it (overlapping records must land
+    /// in stream order) or would not fit.
+    fn make_room(&mut self, offset: u64, len: u64) -> Result<()> {
+        let batch = self.batch();
+        if batch.overlaps(offset, len) || batch.held >= BATCH_HELD_BYTES {
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+
+    fn hand_over(&mut self) -> Result<()> {
+        if self.batch().ops.is_empty() {
+            return Ok(());
+        }
+        let mut full = self.batch.take().expect("a batch is being filled");
+        full.seq = self.seq;
+        self.seq += 1;
+        self.full_tx
+            .send(full)
+            .map_err(|_| Error::Invalid("the apply writer stopped".into()))?;
+        self.batch = Some(take_from_pool(self.pool_rx)?);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.hand_over()
+    }
 }
 
 struct Target {
@@ -275,6 +424,18 @@ struct WrittenRanges {
 }
 
 impl WrittenRanges {
+    /// Whether `[offset, offset + len)` overlaps a range already inserted.
+    fn overlaps(&self, offset: u64, len: u64) -> bool {
+        if len == 0 {
+            return false;
+        }
+        let before = self.ranges.range(..=offset).next_back();
+        if matches!(before, Some((_, &e)) if e > offset) {
+            return true;
+        }
+        matches!(self.ranges.range(offset..).next(), Some((&s, _)) if s < offset + len)
+    }
+
     fn insert_disjoint(&mut self, offset: u64, len: u64) -> std::result::Result<(), ()> {
         if len == 0 {
             return Ok(());
@@ -315,17 +476,19 @@ impl WrittenRanges {
     }
 }
 
+/// Where a range's bytes are kept in a batch: aligned ranges in the aligned buffer (so that
+/// they can go through O_DIRECT), others in the plain one. Keeping them apart means the aligned
+/// buffer never needs padding, so a batch holds exactly what it counts.
+#[derive(Clone, Copy)]
+struct Place {
+    aligned: bool,
+    start: usize,
+}
+
 #[derive(Clone, Copy)]
 enum Op {
-    Data {
-        offset: u64,
-        start: usize,
-        len: usize,
-    },
-    Zero {
-        offset: u64,
-        len: u64,
-    },
+    Data { offset: u64, at: Place, len: usize },
+    Zero { offset: u64, len: u64 },
 }
 
 impl Op {
@@ -339,78 +502,122 @@ impl Op {
 
 /// Records gathered for the writing thread (and held back until their snapback is durable).
 struct Batch {
+    /// Position in stream order (write-ahead: see the module doc).
+    seq: u64,
     ops: Vec<Op>,
-    /// Payloads, each aligned record at an aligned place.
-    data: AlignedVec,
-    /// Old contents read for the snapback, same layout as `data`.
-    old: AlignedVec,
-    /// Disjoint ranges covered so far, to detect an overlap.
-    covered: Vec<(u64, u64)>,
+    /// New data of the aligned data ops, then (once read for the snapback) the old contents of
+    /// the aligned ops.
+    aligned: AlignedVec,
+    /// The same for the other ops.
+    unaligned: Vec<u8>,
+    /// Bytes the batch holds or will hold: new data, and old contents when a snapback is kept.
+    held: usize,
+    /// Ranges covered so far, to detect an overlap.
+    covered: WrittenRanges,
+    /// End of the last range while ranges arrive in increasing order (the common case, checked
+    /// without a look-up); `None` once one arrived out of order.
     sorted_end: Option<u64>,
 }
 
 impl Default for Batch {
     fn default() -> Self {
         Batch {
+            seq: 0,
             ops: Vec::new(),
-            data: AlignedVec::with_capacity(BATCH_BYTES + (1 << 20)),
-            old: AlignedVec::with_capacity(0),
-            covered: Vec::new(),
+            aligned: AlignedVec::with_capacity(BATCH_HELD_BYTES + 2 * PIECE_BYTES),
+            unaligned: Vec::new(),
+            held: 0,
+            covered: WrittenRanges::default(),
             sorted_end: Some(0),
         }
     }
 }
 
+fn aligned(offset: u64, len: u64) -> bool {
+    offset.is_multiple_of(DIRECT_ALIGN as u64) && len.is_multiple_of(DIRECT_ALIGN as u64)
+}
+
 impl Batch {
-    /// Whether `[offset, offset + len)` overlaps a record already in the batch.
+    /// Whether `[offset, offset + len)` overlaps a range already in the batch.
     fn overlaps(&self, offset: u64, len: u64) -> bool {
-        if len == 0 {
-            return false;
-        }
         match self.sorted_end {
-            // The common case: records arrive in increasing order.
             Some(end) if offset >= end => false,
-            _ => self
-                .covered
-                .iter()
-                .any(|&(s, e)| offset < e && s < offset + len),
+            _ => self.covered.overlaps(offset, len),
         }
     }
 
-    fn push(&mut self, record: &Record<'_>) {
-        let op = match *record {
-            Record::Data { offset, data } => {
-                if offset.is_multiple_of(DIRECT_ALIGN as u64)
-                    && data.len().is_multiple_of(DIRECT_ALIGN)
-                {
-                    self.data.align_end();
-                }
-                let start = self.data.len();
-                self.data.extend_from_slice(data);
-                Op::Data {
-                    offset,
-                    start,
-                    len: data.len(),
-                }
-            }
-            Record::Zero { offset, len } => Op::Zero { offset, len },
+    fn cover(&mut self, offset: u64, len: u64) {
+        self.sorted_end = match self.sorted_end {
+            Some(end) if offset >= end => Some(offset + len),
+            _ => None,
         };
-        let (offset, len) = op.range();
-        if len > 0 {
-            self.sorted_end = match self.sorted_end {
-                Some(end) if offset >= end => Some(offset + len),
-                _ => None,
-            };
-            self.covered.push((offset, offset + len));
+        // Overlaps were handed over before the push: this insert cannot fail.
+        let _ = self.covered.insert_disjoint(offset, len);
+    }
+
+    /// Room for `len` bytes of the range at `offset`, at the end of the buffer it belongs in.
+    fn place(&mut self, offset: u64, len: usize) -> (Place, &mut [u8]) {
+        let is_aligned = aligned(offset, len as u64);
+        let start = if is_aligned {
+            let start = self.aligned.len();
+            self.aligned.resize(start + len);
+            start
+        } else {
+            let start = self.unaligned.len();
+            self.unaligned.resize(start + len, 0);
+            start
+        };
+        let at = Place {
+            aligned: is_aligned,
+            start,
+        };
+        (at, self.bytes_mut(at, len))
+    }
+
+    fn bytes(&self, at: Place, len: usize) -> &[u8] {
+        let buf = if at.aligned {
+            self.aligned.as_slice()
+        } else {
+            &self.unaligned[..]
+        };
+        &buf[at.start..at.start + len]
+    }
+
+    fn bytes_mut(&mut self, at: Place, len: usize) -> &mut [u8] {
+        let buf = if at.aligned {
+            self.aligned.as_mut_slice()
+        } else {
+            &mut self.unaligned[..]
+        };
+        &mut buf[at.start..at.start + len]
+    }
+
+    fn push_data(&mut self, offset: u64, data: &[u8], keep_snapback: bool) {
+        let (at, room) = self.place(offset, data.len());
+        room.copy_from_slice(data);
+        self.ops.push(Op::Data {
+            offset,
+            at,
+            len: data.len(),
+        });
+        self.held += if keep_snapback { 2 } else { 1 } * data.len();
+        self.cover(offset, data.len() as u64);
+    }
+
+    fn push_zero(&mut self, offset: u64, len: u64, keep_snapback: bool) {
+        self.ops.push(Op::Zero { offset, len });
+        if keep_snapback {
+            self.held += len as usize;
         }
-        self.ops.push(op);
+        self.cover(offset, len);
     }
 
     fn clear(&mut self) {
         self.ops.clear();
-        self.data.clear();
-        self.old.clear();
-        self.covered.clear();
+        self.aligned.clear();
+        self.unaligned.clear();
+        self.held = 0;
+        self.covered = WrittenRanges::default();
         self.sorted_end = Some(0);
     }
 
@@ -420,66 +627,72 @@ impl Batch {
         let old_at = self.read_old(target)?;
         for (op, &at) in self.ops.iter().zip(&old_at) {
             let (offset, len) = op.range();
-            snapback.save(offset, &self.old.as_slice()[at..at + len as usize])?;
+            snapback.save(offset, self.bytes(at, len as usize))?;
         }
         snapback.make_durable()
     }
 
     /// Writes the batch onto the destination, many writes in flight, and empties it.
     fn write(&mut self, target: &Target) -> Result<()> {
-        let data = self.data.as_slice();
+        let this = &*self;
         in_parallel(self.ops.clone(), |op| match op {
-            Op::Data { offset, start, len } => target.write(offset, &data[start..start + len]),
+            Op::Data { offset, at, len } => target.write(offset, this.bytes(at, len)),
             Op::Zero { offset, len } => target.zero(offset, len),
         })?;
         self.clear();
         Ok(())
     }
 
-    /// Reads the destination's current contents of every op into `old`, in parallel; returns
-    /// where each op's old contents start (aligned ranges at aligned places).
-    fn read_old(&mut self, target: &Target) -> Result<Vec<usize>> {
-        self.old.clear();
+    /// Reads the destination's current contents of every op into the buffers after the new
+    /// data, in parallel; returns where each op's old contents are.
+    fn read_old(&mut self, target: &Target) -> Result<Vec<Place>> {
+        let firsts = (self.aligned.len(), self.unaligned.len());
         let mut old_at = Vec::with_capacity(self.ops.len());
-        for op in &self.ops {
-            let (offset, len) = op.range();
-            if offset.is_multiple_of(DIRECT_ALIGN as u64) && len.is_multiple_of(DIRECT_ALIGN as u64)
-            {
-                self.old.align_end();
-            }
-            old_at.push(self.old.len());
-            self.old.resize(self.old.len() + len as usize);
+        for i in 0..self.ops.len() {
+            let (offset, len) = self.ops[i].range();
+            old_at.push(self.place(offset, len as usize).0);
         }
+        // Split both buffers into one disjoint slice per op, in op order.
+        let (_, mut rest_aligned) = self.aligned.as_mut_slice().split_at_mut(firsts.0);
+        let (_, mut rest_unaligned) = self.unaligned.split_at_mut(firsts.1);
         let mut pieces: Vec<(u64, &mut [u8])> = Vec::with_capacity(self.ops.len());
-        let mut rest = self.old.as_mut_slice();
-        let mut at = 0;
-        for (op, &start) in self.ops.iter().zip(&old_at) {
+        for (op, at) in self.ops.iter().zip(&old_at) {
             let (offset, len) = op.range();
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(start - at);
-            let (piece, tail) = tail.split_at_mut(len as usize);
+            let rest = if at.aligned {
+                &mut rest_aligned
+            } else {
+                &mut rest_unaligned
+            };
+            let (piece, tail) = std::mem::take(rest).split_at_mut(len as usize);
+            *rest = tail;
             pieces.push((offset, piece));
-            rest = tail;
-            at = start + len as usize;
         }
         in_parallel(pieces, |(offset, buf)| target.read_old(offset, buf))?;
         Ok(old_at)
     }
 }
 
-/// The snapback file, shared between its stream writer and the code that makes it durable.
+/// The snapback file, shared between its stream writer (which buffers) and the code that
+/// makes it durable.
 #[derive(Clone)]
-struct SharedFile(Arc<Mutex<BufWriter<File>>>);
+struct SharedFile(Arc<File>);
 
 impl Write for SharedFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().write(buf)
-    }
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.0.lock().unwrap().write_all(buf)
+        (&*self.0).write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.lock().unwrap().flush()
+        Ok(())
     }
+}
+
+/// Whether two stats name the same file, or the same block device through different nodes.
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    (a.dev() == b.dev() && a.ino() == b.ino())
+        || (a.file_type().is_block_device()
+            && b.file_type().is_block_device()
+            && a.rdev() == b.rdev())
 }
 
 /// A snapback file being written.
@@ -490,23 +703,68 @@ struct Snapback {
 }
 
 impl Snapback {
-    fn create(path: &Path, force: bool, info: &StreamInfo, dest_bytes: u64) -> Result<Self> {
-        let mut open = OpenOptions::new();
-        open.write(true);
-        if force {
-            open.create(true).truncate(true);
-        } else {
-            open.create_new(true);
-        }
-        if force {
-            if let Ok(m) = std::fs::metadata(path) {
-                if !m.is_file() {
-                    return Err(Error::Invalid(format!(
-                        "{}: snapback must be a regular file",
-                        path.display()
-                    )));
+    /// Creates the snapback file for an apply onto `dest` (open as `dest_dev`) and makes it,
+    /// with its header, durable. Refused, before anything is opened for writing: an existing
+    /// file without `force`, anything but a regular file, the destination itself (by any path),
+    /// and a file on a file system that lives on the destination.
+    fn create(
+        path: &Path,
+        force: bool,
+        info: &StreamInfo,
+        dest: &Path,
+        dest_dev: &Device,
+    ) -> Result<Self> {
+        let refuse = |why: &str| Error::Invalid(format!("{}: {why}", path.display()));
+        let dest_meta = dest_dev
+            .file
+            .metadata()
+            .ctx(|| format!("{}: cannot stat", dest.display()))?;
+        let check = |meta: &std::fs::Metadata| -> Result<()> {
+            if same_file(meta, &dest_meta) {
+                return Err(refuse(&format!(
+                    "the snapback cannot be the destination {} itself",
+                    dest.display()
+                )));
+            }
+            if !meta.is_file() {
+                return Err(refuse("snapback must be a regular file"));
+            }
+            Ok(())
+        };
+        match std::fs::metadata(path) {
+            Ok(meta) => {
+                check(&meta)?;
+                if !force {
+                    return Err(refuse(
+                        "snapback file already exists (use --force to overwrite it)",
+                    ));
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("{}: cannot stat", path.display()), e)),
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let parent_meta =
+            std::fs::metadata(parent).ctx(|| format!("{}: cannot stat", parent.display()))?;
+        if dest_dev.kind == DeviceKind::BlockDevice && parent_meta.dev() == dest_meta.rdev() {
+            return Err(refuse(&format!(
+                "the snapback's file system is on the destination {}",
+                dest.display()
+            )));
+        }
+        // Old contents of the volume: readable by the owner only (or as strict as DEST).
+        let mode = 0o600 & dest_meta.permissions().mode();
+        let mut open = OpenOptions::new();
+        open.write(true)
+            .mode(mode)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        if force {
+            open.create(true);
+        } else {
+            open.create_new(true);
         }
         let file = open.open(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -521,48 +779,69 @@ impl Snapback {
                 )
             }
         })?;
+        // The path may have changed since it was checked: check what was opened, before
+        // anything is written to it.
+        let ctx = || format!("{}: cannot write snapback", path.display());
+        check(&file.metadata().ctx(ctx)?)?;
+        file.set_len(0).ctx(ctx)?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .ctx(ctx)?;
         let opts = WriterOptions {
-            format: info.format,
-            source_bytes: dest_bytes,
+            format: Format::V4,
+            source_bytes: dest_dev.size,
             chunk_bytes: info.chunk_bytes.unwrap_or(4096),
-            compress: match info.format {
-                Format::V4 if info.compressed => Some(1),
-                _ => None,
-            },
+            compress: info.compressed.then_some(1),
+            snapback: true,
         };
-        let file = SharedFile(Arc::new(Mutex::new(BufWriter::with_capacity(
-            1 << 20,
-            file,
-        ))));
-        let writer = StreamWriter::new(file.clone(), &opts)?;
-        Ok(Snapback {
+        let file = SharedFile(Arc::new(file));
+        let writer = StreamWriter::new(file.clone(), &opts).map_err(|e| snapback_error(path, e))?;
+        let mut snapback = Snapback {
             path: path.to_owned(),
             file,
             writer,
-        })
+        };
+        snapback.make_durable()?;
+        // The file's name must survive a crash too.
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .ctx(|| format!("{}: cannot sync the directory", parent.display()))?;
+        Ok(snapback)
     }
 
     /// Appends the old contents `old` of the destination at `offset`.
     fn save(&mut self, offset: u64, old: &[u8]) -> Result<()> {
-        self.writer.data(offset, old)?;
-        Ok(())
+        self.writer
+            .data(offset, old)
+            .map_err(|e| snapback_error(&self.path, e))
     }
 
     fn make_durable(&mut self) -> Result<()> {
-        let ctx = || format!("{}: cannot write snapback", self.path.display());
-        self.writer.flush()?;
-        let mut sink = self.file.0.lock().unwrap();
-        sink.flush().ctx(ctx)?;
-        sink.get_ref().sync_data().ctx(ctx)
+        self.writer
+            .flush()
+            .map_err(|e| snapback_error(&self.path, e))?;
+        self.file
+            .0
+            .sync_data()
+            .ctx(|| format!("{}: cannot write snapback", self.path.display()))
     }
 
     fn finish(self) -> Result<StreamTotals> {
-        let (_, totals) = self.writer.finish()?;
-        let mut sink = self.file.0.lock().unwrap();
-        let ctx = || format!("{}: cannot write snapback", self.path.display());
-        sink.flush().ctx(ctx)?;
-        sink.get_ref().sync_all().ctx(ctx)?;
+        let (file, totals) = self
+            .writer
+            .finish()
+            .map_err(|e| snapback_error(&self.path, e))?;
+        file.0
+            .sync_all()
+            .ctx(|| format!("{}: cannot write snapback", self.path.display()))?;
         Ok(totals)
+    }
+}
+
+/// A snapback write error, with the file's name.
+fn snapback_error(path: &Path, e: StreamError) -> Error {
+    match e {
+        StreamError::Io(e) => Error::io(format!("{}: cannot write snapback", path.display()), e),
+        other => other.into(),
     }
 }
 

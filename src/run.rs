@@ -47,6 +47,13 @@ pub fn run(config: Config) -> Result<()> {
                 let f = Named::new(f, format!("{input}: cannot read the stream"));
                 apply_stream(io::BufReader::with_capacity(1 << 20, f), &dest, &opts)?
             };
+            if let Some(end) = report.interrupted_snapback {
+                if verbosity >= Verbosity::Normal {
+                    eprintln!(
+                        "lvmsync: snapback ends at byte {end} without an end record (the apply that wrote it was interrupted); every recorded range restored"
+                    );
+                }
+            }
             if verbosity >= Verbosity::Verbose {
                 print_apply_report(&report, &dest);
             }

@@ -121,6 +121,7 @@ fn send_from<W: Write>(
         source_bytes: changes.volume_bytes,
         chunk_bytes: changes.chunk_bytes,
         compress: opts.compress,
+        snapback: false,
     };
     let mut writer = StreamWriter::new(out, &wopts)?;
     let depth = opts.queue_depth.max(1);

@@ -11,6 +11,7 @@ fn v3_opts() -> WriterOptions {
         source_bytes: 1 << 40,
         chunk_bytes: 4096,
         compress: None,
+        snapback: false,
     }
 }
 
@@ -227,6 +228,7 @@ fn long_ranges_are_split_at_max_record_data() {
 fn compression_is_refused() {
     let opts = WriterOptions {
         compress: Some(3),
+        snapback: false,
         ..v3_opts()
     };
     let err = StreamWriter::new(Vec::new(), &opts)

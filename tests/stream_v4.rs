@@ -17,6 +17,7 @@ fn opts(source_bytes: u64, compress: Option<i32>) -> WriterOptions {
         source_bytes,
         chunk_bytes: 65536,
         compress,
+        snapback: false,
     }
 }
 
@@ -160,7 +161,7 @@ mod raw {
     impl Raw {
         pub fn new(source_bytes: u64, compressed: bool) -> Raw {
             let mut bytes = b"lvmsync PROTO[4]\n".to_vec();
-            bytes.extend_from_slice(&v4::encode_header(source_bytes, 65536, compressed));
+            bytes.extend_from_slice(&v4::encode_header(source_bytes, 65536, compressed, false));
             Raw {
                 bytes,
                 totals: StreamTotals::default(),
@@ -530,7 +531,7 @@ fn compressed_record_from_another_encoder_is_accepted() {
 }
 
 fn header_with(version: u32, flags: u32) -> Vec<u8> {
-    let mut h = v4::encode_header(1000, 4096, false).to_vec();
+    let mut h = v4::encode_header(1000, 4096, false, false).to_vec();
     h[8..12].copy_from_slice(&version.to_be_bytes());
     h[12..16].copy_from_slice(&flags.to_be_bytes());
     let crc = crc32c::crc32c(&h[..32]);
@@ -556,7 +557,7 @@ fn header_checks() {
     let open_err = |b: &[u8]| StreamReader::open(b).map(|_| ()).unwrap_err().to_string();
     assert!(open_err(&header_with(2, 0)).contains("version 2"));
     assert!(open_err(&header_with(0, 0)).contains("version 0"));
-    assert!(open_err(&header_with(v4::VERSION, 2)).contains("unknown flags"));
+    assert!(open_err(&header_with(v4::VERSION, 4)).contains("unknown flags"));
     let mut bad_crc = header_with(v4::VERSION, 0);
     bad_crc[17 + 20] ^= 1;
     assert!(open_err(&bad_crc).contains("bad checksum"));
@@ -732,6 +733,7 @@ fn documented_example_is_byte_exact() {
         source_bytes: 8192,
         chunk_bytes: 4096,
         compress: None,
+        snapback: false,
     };
     let mut w = StreamWriter::new(Vec::new(), &o).unwrap();
     w.data(0, b"hello").unwrap();

@@ -24,10 +24,11 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 pub mod v3;
 pub mod v4;
 
-/// The largest data payload lvmsync puts in one record. Readers accept records up to
-/// [`MAX_RECORD_ACCEPTED`] (other writers may use larger ones).
+/// The largest data payload lvmsync puts in one record. Readers accept format 3 records up to
+/// [`MAX_RECORD_ACCEPTED`] (Ruby lvmsync sends one record per chunk, and thin chunks can be
+/// large) and format 4 records up to [`v4::MAX_RECORD_LEN`].
 pub const MAX_RECORD_DATA: usize = 4 << 20;
-/// The largest record a reader accepts before calling the stream corrupt.
+/// The largest format 3 record a reader accepts before calling the stream corrupt.
 pub const MAX_RECORD_ACCEPTED: usize = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,9 @@ pub struct StreamInfo {
     pub chunk_bytes: Option<u64>,
     /// Format 4: record payloads are zstd-compressed.
     pub compressed: bool,
+    /// Format 4: the stream is a snapback written ahead of an apply, so a cut after its last
+    /// complete record is the mark of an interrupted apply, not of damage.
+    pub snapback: bool,
 }
 
 /// How to write a stream.
@@ -56,6 +60,8 @@ pub struct WriterOptions {
     pub chunk_bytes: u64,
     /// zstd level for record payloads (format 4 only; format 3 refuses compression).
     pub compress: Option<i32>,
+    /// Mark the stream as a snapback (format 4 only).
+    pub snapback: bool,
 }
 
 /// Counts kept while writing or reading.
@@ -306,6 +312,11 @@ impl<W: Write> StreamWriter<W> {
     /// Writes the first line (and for format 4 the header).
     pub fn new(sink: W, opts: &WriterOptions) -> Result<Self, StreamError> {
         let encoder = RecordEncoder::new(opts)?;
+        if opts.format == Format::V3 && opts.snapback {
+            return Err(StreamError::Unsupported(
+                "format 3 streams cannot be marked as snapbacks (use format 4)".into(),
+            ));
+        }
         let mut sink = BufWriter::with_capacity(WRITE_BUFFER, sink);
         let mut totals = StreamTotals::default();
         match opts.format {
@@ -315,8 +326,12 @@ impl<W: Write> StreamWriter<W> {
             }
             Format::V4 => {
                 sink.write_all(v4::HANDSHAKE)?;
-                let header =
-                    v4::encode_header(opts.source_bytes, opts.chunk_bytes, opts.compress.is_some());
+                let header = v4::encode_header(
+                    opts.source_bytes,
+                    opts.chunk_bytes,
+                    opts.compress.is_some(),
+                    opts.snapback,
+                );
                 sink.write_all(&header)?;
                 totals.wire_bytes = (v4::HANDSHAKE.len() + header.len()) as u64;
             }
@@ -563,6 +578,7 @@ impl<R: Read> StreamReader<R> {
                 source_bytes: None,
                 chunk_bytes: None,
                 compressed: false,
+                snapback: false,
             }
         } else if line == v4::HANDSHAKE {
             let at = input.pos;
@@ -661,5 +677,27 @@ impl<R: Read> StreamReader<R> {
 
     pub fn totals(&self) -> StreamTotals {
         self.totals
+    }
+
+    /// Stream bytes consumed so far: after a record, the position of the next one.
+    pub fn position(&self) -> u64 {
+        self.input.pos
+    }
+
+    /// Reads and throws away what is left of the input, up to `limit + 1` bytes; returns how
+    /// many there were (`limit + 1` meaning "more than `limit`"). For judging the tail after an
+    /// error, e.g. whether a snapback was cut short by a crash or damaged.
+    pub fn skip_rest(&mut self, limit: u64) -> io::Result<u64> {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut seen = 0u64;
+        while seen <= limit {
+            let want = buf.len().min((limit + 1 - seen) as usize);
+            let n = self.input.read_full(&mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            seen += n as u64;
+        }
+        Ok(seen)
     }
 }

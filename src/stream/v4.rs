@@ -6,7 +6,8 @@
 //! header  36 bytes, all integers big-endian:
 //!          0  8  magic "LVMSYNC4"
 //!          8  4  version = 1
-//!         12  4  flags: bit 0 = records may be zstd-compressed; other bits must be 0
+//!         12  4  flags: bit 0 = records may be zstd-compressed; bit 1 = snapback (a rollback
+//!                file written ahead of an apply; see below); other bits must be 0
 //!         16  8  source size in bytes
 //!         24  8  chunk size in bytes
 //!         32  4  crc32c of header bytes 0..32
@@ -30,8 +31,14 @@
 //! `BLAKE3(type ‖ offset u64 BE ‖ len u64 BE ‖ uncompressed data)` (no data for zero records).
 //! Per-record digests let encoders hash in parallel threads while the stream digest still
 //! fixes the order. Nothing may follow the end record.
+//!
+//! A snapback (header flag bit 1) is written while an apply runs, and made durable at least
+//! every [`MAX_SNAPBACK_TAIL`] bytes, each time before the destination ranges it saves are
+//! overwritten. A crash can therefore cut it anywhere after its last durable point: a reader
+//! may accept a snapback that ends, without an end record, in at most that many bytes that do
+//! not form a valid record, because nothing those bytes describe was ever overwritten.
 
-use super::{Input, StreamError, StreamInfo, StreamTotals, MAX_RECORD_ACCEPTED};
+use super::{Input, StreamError, StreamInfo, StreamTotals};
 use crate::stream::Format;
 
 /// The first line of a format 4 stream.
@@ -41,6 +48,14 @@ pub const MAGIC: [u8; 8] = *b"LVMSYNC4";
 pub const VERSION: u32 = 1;
 /// Header flag: records may carry zstd-compressed payloads.
 pub const HEADER_FLAG_ZSTD: u32 = 1;
+/// Header flag: the stream is a snapback, written ahead of an apply (see the module doc).
+pub const HEADER_FLAG_SNAPBACK: u32 = 2;
+/// The most bytes a snapback writer leaves not yet durable when it overwrites the destination:
+/// the longest tail, after its last complete record, that a snapback cut short by a crash has.
+pub const MAX_SNAPBACK_TAIL: u64 = 64 << 20;
+/// The largest `len` and payload of a format 4 record (lvmsync writes at most
+/// [`super::MAX_RECORD_DATA`]).
+pub const MAX_RECORD_LEN: usize = 16 << 20;
 pub const HEADER_LEN: usize = 36;
 
 pub const RECORD_HEADER_LEN: usize = 28;
@@ -59,11 +74,22 @@ fn be_u64(b: &[u8]) -> u64 {
 }
 
 /// Encodes the header that follows the first line.
-pub fn encode_header(source_bytes: u64, chunk_bytes: u64, compressed: bool) -> [u8; HEADER_LEN] {
+pub fn encode_header(
+    source_bytes: u64,
+    chunk_bytes: u64,
+    compressed: bool,
+    snapback: bool,
+) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&VERSION.to_be_bytes());
-    let flags = if compressed { HEADER_FLAG_ZSTD } else { 0 };
+    let mut flags = 0;
+    if compressed {
+        flags |= HEADER_FLAG_ZSTD;
+    }
+    if snapback {
+        flags |= HEADER_FLAG_SNAPBACK;
+    }
     h[12..16].copy_from_slice(&flags.to_be_bytes());
     h[16..24].copy_from_slice(&source_bytes.to_be_bytes());
     h[24..32].copy_from_slice(&chunk_bytes.to_be_bytes());
@@ -92,7 +118,7 @@ pub fn decode_header(h: &[u8; HEADER_LEN], at: u64) -> Result<StreamInfo, Stream
         )));
     }
     let flags = be_u32(&h[12..]);
-    if flags & !HEADER_FLAG_ZSTD != 0 {
+    if flags & !(HEADER_FLAG_ZSTD | HEADER_FLAG_SNAPBACK) != 0 {
         return Err(StreamError::Unsupported(format!(
             "format 4 header at stream byte {at} has unknown flags {flags:#x}"
         )));
@@ -102,6 +128,7 @@ pub fn decode_header(h: &[u8; HEADER_LEN], at: u64) -> Result<StreamInfo, Stream
         source_bytes: Some(be_u64(&h[16..])),
         chunk_bytes: Some(be_u64(&h[24..])),
         compressed: flags & HEADER_FLAG_ZSTD != 0,
+        snapback: flags & HEADER_FLAG_SNAPBACK != 0,
     })
 }
 
@@ -257,9 +284,9 @@ impl ReadState {
             return Err(input.truncated(at));
         }
         let payload_len = be_u32(&h[4..]) as usize;
-        if payload_len > MAX_RECORD_ACCEPTED {
+        if payload_len > MAX_RECORD_LEN {
             return Err(StreamError::Corrupt(format!(
-                "record at stream byte {at} claims a {payload_len}-byte payload, more than the {MAX_RECORD_ACCEPTED} accepted"
+                "record at stream byte {at} claims a {payload_len}-byte payload, more than the {MAX_RECORD_LEN} accepted"
             )));
         }
         if buf.len() < payload_len {
@@ -289,9 +316,9 @@ impl ReadState {
                         "data record at stream byte {at} has unknown flags {flags:#x}"
                     )));
                 }
-                if len > MAX_RECORD_ACCEPTED as u64 {
+                if len > MAX_RECORD_LEN as u64 {
                     return Err(StreamError::Corrupt(format!(
-                        "data record at stream byte {at} claims {len} bytes, more than the {MAX_RECORD_ACCEPTED} accepted"
+                        "data record at stream byte {at} claims {len} bytes, more than the {MAX_RECORD_LEN} accepted"
                     )));
                 }
                 self.place(at, "data", offset, len)?;

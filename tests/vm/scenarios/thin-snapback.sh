@@ -3,8 +3,8 @@
 # origin and SB a stream of DEST's old contents of every changed range (the
 # discarded ones too); `lvmsync --apply SB DEST` gives the snapshot's contents
 # back. On a linear destination in format 4, and on a thin destination (a
-# snapshot of the snapshot) in format 3. An existing snapback file is only
-# overwritten with --force.
+# snapshot of the snapshot) in format 3; the snapback is a format 4 stream either
+# way. An existing snapback file is only overwritten with --force.
 . "$VMTEST_LIB"
 VG=tsnapb
 POOL=$VG-pool-tpool
@@ -43,7 +43,7 @@ same_content /dev/$VG/dest /dev/$VG/snap
 step "the same with --format 3 onto a thin destination, over an existing file with --force"
 echo "old" > "$TMP/sb3"
 run lvmsync --format 3 -b "$TMP/sb3" --force /dev/$VG/snap /dev/$VG/tdest
-check_eq "snapback format" "$(head -c 17 "$TMP/sb3")" "lvmsync PROTO[3]"
+check_eq "snapback format" "$(head -c 17 "$TMP/sb3")" "lvmsync PROTO[4]"
 same_content /dev/$VG/tdest /dev/$VG/origin
 run lvmsync --apply "$TMP/sb3" /dev/$VG/tdest
 same_content /dev/$VG/tdest /dev/$VG/snap

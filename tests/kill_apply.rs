@@ -1,0 +1,172 @@
+//! `kill -9` at random moments of `--apply --snapback`: each time, applying the snapback left
+//! behind restores the destination's exact bytes and exits 0.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use lvmsync::stream::{Format, StreamWriter, WriterOptions};
+
+const SIZE: u64 = 24 << 20;
+const KILLS: usize = 50;
+
+fn lvmsync_bin() -> std::path::PathBuf {
+    assert_cmd::cargo::cargo_bin("lvmsync")
+}
+
+/// Data records of 64 KiB to 1 MiB with 1 MiB zero records between them, as a thin delta with
+/// discards has: about 20 MiB, several batches.
+fn make_stream() -> Vec<u8> {
+    let opts = WriterOptions {
+        format: Format::V4,
+        source_bytes: SIZE,
+        chunk_bytes: 65536,
+        compress: None,
+        snapback: false,
+    };
+    let mut w = StreamWriter::new(Vec::new(), &opts).unwrap();
+    let mut at = 0u64;
+    let mut i = 0u64;
+    while at + (2 << 20) < SIZE {
+        let len = 65536 * (1 + (i * 7) % 16);
+        w.data(at, &common::pattern(len as usize, i + 100)).unwrap();
+        at += len;
+        if i.is_multiple_of(2) {
+            w.zero(at, 1 << 20).unwrap();
+            at += 1 << 20;
+        }
+        at += 65536;
+        i += 1;
+    }
+    w.finish().unwrap().0
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[derive(Default, Debug)]
+struct Outcomes {
+    no_snapback_yet: usize,
+    cut_snapback: usize,
+    complete_snapback: usize,
+}
+
+/// Kills `--apply - DEST --snapback SB` at random moments while feeding it `stream`, then rolls
+/// back; `reset` puts the original contents back on DEST before each run.
+fn kill_and_roll_back(dest: &Path, dir: &Path, seed: u64) -> Outcomes {
+    let stream = make_stream();
+    let before = common::pattern(SIZE as usize, seed);
+    let sb = dir.join("sb");
+    let mut rng = Rng(seed | 1);
+    let mut seen = Outcomes::default();
+    for round in 0..KILLS {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dest)
+            .and_then(|mut f| f.write_all(&before).and_then(|()| f.sync_all()))
+            .unwrap();
+        let _ = std::fs::remove_file(&sb);
+        let mut child = Command::new(lvmsync_bin())
+            .args(["--apply", "-", dest.to_str().unwrap(), "--snapback"])
+            .arg(&sb)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Feed slowly up to a random point, wait a random moment, kill.
+        // Some kills before the snapback exists, some after the whole stream was fed (while the
+        // last batches are written or after the end), the rest anywhere in between.
+        let kill_at = match rng.below(10) {
+            0 => rng.below(64) as usize,
+            1 | 2 => stream.len(),
+            _ => rng.below(stream.len() as u64) as usize,
+        };
+        let mut stdin = Some(child.stdin.take().unwrap());
+        let mut fed = 0;
+        while fed < kill_at {
+            let n = (kill_at - fed).min(256 << 10);
+            if stdin
+                .as_mut()
+                .unwrap()
+                .write_all(&stream[fed..fed + n])
+                .is_err()
+            {
+                break;
+            }
+            fed += n;
+            std::thread::sleep(Duration::from_micros(rng.below(3000)));
+        }
+        if fed == stream.len() {
+            drop(stdin.take());
+        }
+        std::thread::sleep(Duration::from_micros(rng.below(60_000)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        drop(stdin);
+
+        if !sb.exists() {
+            seen.no_snapback_yet += 1;
+        } else {
+            let out = Command::new(lvmsync_bin())
+                .args(["--apply"])
+                .arg(&sb)
+                .arg(dest)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success(),
+                "round {round} (killed after feeding {kill_at} bytes): rollback failed: {err}"
+            );
+            if err.contains("the apply that wrote it was interrupted") {
+                seen.cut_snapback += 1;
+            } else {
+                seen.complete_snapback += 1;
+            }
+        }
+        assert!(
+            std::fs::read(dest).unwrap() == before,
+            "round {round} (killed after feeding {kill_at} bytes): destination not restored"
+        );
+    }
+    seen
+}
+
+#[test]
+fn kill_during_apply_to_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("dest");
+    std::fs::write(&dest, vec![0u8; SIZE as usize]).unwrap();
+    let seen = kill_and_roll_back(&dest, dir.path(), 0x5eed_0001);
+    eprintln!("file: {seen:?}");
+    assert!(
+        seen.cut_snapback >= KILLS / 5,
+        "too few kills mid-apply: {seen:?}"
+    );
+}
+
+#[test]
+fn kill_during_apply_to_a_loop_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing");
+    std::fs::write(&backing, vec![0u8; SIZE as usize]).unwrap();
+    let dev = common::LoopDevice::attach(&backing);
+    let seen = kill_and_roll_back(Path::new(&dev.0), dir.path(), 0x5eed_0002);
+    eprintln!("loop device: {seen:?}");
+    assert!(
+        seen.cut_snapback >= KILLS / 5,
+        "too few kills mid-apply: {seen:?}"
+    );
+}

@@ -524,7 +524,9 @@ impl Default for Batch {
         Batch {
             seq: 0,
             ops: Vec::new(),
-            aligned: AlignedVec::with_capacity(BATCH_HELD_BYTES + 2 * PIECE_BYTES),
+            // Grown on use: most applies are small, and a large zeroed buffer costs its size
+            // in page faults every time.
+            aligned: AlignedVec::with_capacity(0),
             unaligned: Vec::new(),
             held: 0,
             covered: WrittenRanges::default(),

@@ -49,7 +49,7 @@ pub fn run(config: Config) -> Result<()> {
             };
             if let Some(end) = report.interrupted_snapback {
                 if verbosity >= Verbosity::Normal {
-                    eprintln!(
+                    crate::say!(
                         "lvmsync: snapback ends at byte {end} without an end record (the apply that wrote it was interrupted); every recorded range restored"
                     );
                 }

@@ -192,6 +192,7 @@ mod tests {
             source_bytes: 1 << 20,
             chunk_bytes: 4096,
             compress: None,
+            snapback: false,
         };
         let w = crate::stream::StreamWriter::new(Named::new(Failing, "out: cannot write"), &opts)
             .unwrap();

@@ -10,6 +10,8 @@ pub mod blockdev;
 pub mod cli;
 pub mod error;
 pub mod extent;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lvm;
 pub mod msg;
 pub mod run;

@@ -36,6 +36,18 @@ fn block_checksum(block: &[u8; BLOCK_SIZE], salt: u32) -> u32 {
     !crc32c::crc32c(&block[4..]) ^ salt
 }
 
+/// Recomputes the checksum of a superblock (told by its magic) or a btree node, as the kernel
+/// writes it (for fuzzing, which must get past the checksums to reach the rest).
+pub(crate) fn reseal_block(b: &mut [u8; BLOCK_SIZE]) {
+    let salt = if le64(b, 32) == SUPERBLOCK_MAGIC {
+        SUPERBLOCK_CSUM_XOR
+    } else {
+        BTREE_CSUM_XOR
+    };
+    let csum = block_checksum(b, salt);
+    b[..4].copy_from_slice(&csum.to_le_bytes());
+}
+
 /// The fields of a thin-pool superblock that lvmsync uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superblock {

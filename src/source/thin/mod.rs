@@ -22,6 +22,9 @@ use diff::BlockChange;
 pub use format::Superblock;
 pub use guard::MetadataSnapGuard;
 
+pub(crate) use format::reseal_block;
+pub(crate) use io::BLOCK_SIZE;
+
 use format::{decode_device_details, unpack_block_time, DEVICE_DETAILS_SIZE};
 use io::MetadataDev;
 

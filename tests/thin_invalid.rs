@@ -226,3 +226,29 @@ fn resealed_random_damage_never_panics() {
     // Most damage is noticed (some lands in unused value slots and changes nothing).
     assert!(errors > 100, "only {errors} damaged reads were refused");
 }
+
+/// A node that two key ranges of its parent both point at is refused: its keys cannot lie in
+/// both, and a walk that followed every such pointer could be made to visit one node once per
+/// path through a tree of such parents, exponentially often.
+#[test]
+fn device_details_node_under_two_key_ranges_is_refused() {
+    let (_d, meta) = fixture_copy();
+    let mut sb = read_block(&meta, 0);
+    let details = le64(&sb, 328);
+    let (leaf, keys, _) = node_entries(&read_block(&meta, details));
+    assert!(leaf && keys == [1, 2], "fixture device details: {keys:?}");
+    let mut parent = vec![0u8; BLOCK];
+    parent[4..8].copy_from_slice(&1u32.to_le_bytes()); // internal
+    parent[20..24].copy_from_slice(&254u32.to_le_bytes()); // max entries
+    parent[24..28].copy_from_slice(&8u32.to_le_bytes()); // value size
+    set_leaf_entries(&mut parent, &[0, 2], &[details, details]);
+    write_block(&meta, 1000, &mut parent, NODE_SALT);
+    sb[328..336].copy_from_slice(&1000u64.to_le_bytes());
+    write_block(&meta, 0, &mut sb, SB_SALT);
+    let err = thin::devices(&meta, MetadataRoot::Superblock).unwrap_err();
+    assert!(
+        matches!(err, ThinError::Corrupt { block, .. } if block == details),
+        "{err}"
+    );
+    assert!(err.to_string().contains("outside the range"), "{err}");
+}

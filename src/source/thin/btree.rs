@@ -31,6 +31,31 @@ fn corrupt(dev: &MetadataDev, block: u64, message: String) -> ThinError {
     }
 }
 
+/// Checks that the keys of `node` (read from `block`) lie in `[lower, upper)`, the range its
+/// parent gives it (`upper` None: unbounded).
+fn check_range(
+    dev: &MetadataDev,
+    block: u64,
+    node: &Node,
+    lower: u64,
+    upper: Option<u64>,
+) -> Result<(), ThinError> {
+    if let (Some(&first), Some(&last)) = (node.keys.first(), node.keys.last()) {
+        if first < lower || upper.is_some_and(|u| last >= u) {
+            return Err(corrupt(
+                dev,
+                block,
+                format!(
+                    "btree node keys {first}..={last} fall outside the range its parent \
+                     gives ({lower}..{})",
+                    upper.map_or("".into(), |u| u.to_string())
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Looks `key` up in the tree rooted at `root`; returns the raw value.
 pub fn lookup(
     dev: &mut MetadataDev,
@@ -254,19 +279,7 @@ impl Cursor {
                 "btree is not balanced (leaf and internal nodes at the same depth)".into(),
             ));
         }
-        if let (Some(&first), Some(&last)) = (node.keys.first(), node.keys.last()) {
-            if first < lower || upper.is_some_and(|u| last >= u) {
-                return Err(corrupt(
-                    dev,
-                    block,
-                    format!(
-                        "btree node keys {first}..={last} fall outside the range its parent \
-                         gives ({lower}..{})",
-                        upper.map_or("".into(), |u| u.to_string())
-                    ),
-                ));
-            }
-        }
+        check_range(dev, block, &node, lower, upper)?;
         self.stack.push(Frame {
             node,
             idx: 0,
@@ -330,19 +343,25 @@ impl Cursor {
 pub type LeafVisitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), ThinError> + 'a;
 
 /// Visits every leaf entry of a tree with `leaf_value_size`-byte values, in key order.
+///
+/// Like the cursor, the walk checks every node's keys against the range its parent gives it.
+/// Besides keeping the keys in order, this bounds the work on damaged metadata: a node reached
+/// under two different ranges is refused, so a tree whose internal nodes all point at one child
+/// cannot make the walk visit it once per path (exponentially often).
 pub fn walk(
     dev: &mut MetadataDev,
     root: u64,
     leaf_value_size: usize,
     visit: &mut LeafVisitor,
 ) -> Result<(), ThinError> {
-    walk_node(dev, root, leaf_value_size, 0, visit)
+    walk_node(dev, root, leaf_value_size, (0, None), 0, visit)
 }
 
 fn walk_node(
     dev: &mut MetadataDev,
     block: u64,
     leaf_value_size: usize,
+    (lower, upper): (u64, Option<u64>),
     depth: usize,
     visit: &mut LeafVisitor,
 ) -> Result<(), ThinError> {
@@ -354,11 +373,20 @@ fn walk_node(
         ));
     }
     let node = read_node(dev, block, leaf_value_size)?;
+    check_range(dev, block, &node, lower, upper)?;
     for i in 0..node.len() {
         if node.leaf {
             visit(node.keys[i], node.value(i))?;
         } else {
-            walk_node(dev, node.value_u64(i), leaf_value_size, depth + 1, visit)?;
+            let range = (node.keys[i], node.keys.get(i + 1).copied().or(upper));
+            walk_node(
+                dev,
+                node.value_u64(i),
+                leaf_value_size,
+                range,
+                depth + 1,
+                visit,
+            )?;
         }
     }
     Ok(())

@@ -65,7 +65,7 @@ const _: () = assert!(
         < v4::MAX_SNAPBACK_TAIL
 );
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyOptions {
     /// Save the overwritten contents here.
     pub snapback: Option<PathBuf>,

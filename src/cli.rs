@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::apply::ApplyOptions;
 use crate::error::{Error, Result};
+use crate::send::SendOptions;
 use crate::stream::Format;
 
 const USAGE: &str = "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
@@ -158,32 +160,50 @@ pub enum Verbosity {
     Debug,
 }
 
+/// What to do: one validated command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Config {
-    Apply {
-        input: String,
-        dest: PathBuf,
-        snapback: Option<PathBuf>,
-        force: bool,
-        verbosity: Verbosity,
-    },
-    Send {
-        source: ChangeSourceSpec,
-        data_source: Option<PathBuf>,
-        target: SendTarget,
-        format: Format,
-        compress: Option<i32>,
-        queue_depth: usize,
-        snapback: Option<String>,
-        force: bool,
-        rsh: String,
-        remote_path: String,
-        verbosity: Verbosity,
-    },
-    Changes {
-        source: ChangeSourceSpec,
-        data_source: Option<PathBuf>,
-    },
+    Send(SendConfig),
+    Apply(ApplyConfig),
+    Changes(ChangesConfig),
+}
+
+/// Send the changes since a snapshot: to standard output, a local destination or a remote one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendConfig {
+    pub source: ChangeSourceSpec,
+    /// Where changed data is read from, when not the snapshot's origin.
+    pub data_source: Option<PathBuf>,
+    pub target: SendTarget,
+    /// How the stream is written: format, compression, reads in flight.
+    pub stream: SendOptions,
+    /// Snapback file of the receiver (a path on the receiving host).
+    pub snapback: Option<String>,
+    /// Let the receiver overwrite an existing snapback file.
+    pub force: bool,
+    /// Remote shell command reaching a remote destination's host.
+    pub rsh: String,
+    /// lvmsync on the remote host.
+    pub remote_path: String,
+    pub verbosity: Verbosity,
+}
+
+/// Apply a stream (a file, or `-` for standard input) to a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyConfig {
+    pub input: String,
+    pub dest: PathBuf,
+    /// Snapback file and `--force`.
+    pub options: ApplyOptions,
+    pub verbosity: Verbosity,
+}
+
+/// List the changed ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangesConfig {
+    pub source: ChangeSourceSpec,
+    /// Bounds the changes of an offline source (the origin's size).
+    pub data_source: Option<PathBuf>,
 }
 
 impl Config {
@@ -191,11 +211,11 @@ impl Config {
     pub fn writes_stdout(&self) -> bool {
         matches!(
             self,
-            Config::Changes { .. }
-                | Config::Send {
+            Config::Changes(_)
+                | Config::Send(SendConfig {
                     target: SendTarget::Stdout,
                     ..
-                }
+                })
         )
     }
 }
@@ -246,10 +266,10 @@ impl Cli {
                 (None, Some(p)) => ChangeSourceSpec::Snapshot(p),
                 (None, None) => return Err(usage("no snapshot specified")),
             };
-            return Ok(Config::Changes {
+            return Ok(Config::Changes(ChangesConfig {
                 source,
                 data_source: c.source.data_source,
-            });
+            }));
         }
         let a = self.sync;
         let verbosity = match (a.quiet, a.verbose, a.debug) {
@@ -285,13 +305,15 @@ impl Cli {
                     usage(format!("--apply takes one DEST, got {}", p.len()))
                 }
             })?;
-            return Ok(Config::Apply {
+            return Ok(Config::Apply(ApplyConfig {
                 input,
                 dest: PathBuf::from(dest),
-                snapback: a.snapback.map(PathBuf::from),
-                force: a.force,
+                options: ApplyOptions {
+                    snapback: a.snapback.map(PathBuf::from),
+                    force: a.force,
+                },
                 verbosity,
-            });
+            }));
         }
         if a.compress && a.format == Format::V3 {
             return Err(usage(
@@ -333,19 +355,21 @@ impl Cli {
             }
             // Ruby lvmsync ignored a DEST given with --stdout; so do we, for old scripts.
         }
-        Ok(Config::Send {
+        Ok(Config::Send(SendConfig {
             source,
             data_source: a.source.data_source,
             target,
-            format: a.format,
-            compress: a.compress.then_some(a.compress_level),
-            queue_depth: a.queue_depth.clamp(1, 1024),
+            stream: SendOptions {
+                format: a.format,
+                compress: a.compress.then_some(a.compress_level),
+                queue_depth: a.queue_depth.clamp(1, 1024),
+            },
             snapback: a.snapback,
             force: a.force,
             rsh: a.rsh,
             remote_path: a.remote_path,
             verbosity,
-        })
+        }))
     }
 }
 
@@ -364,13 +388,13 @@ mod tests {
     #[test]
     fn ruby_forms_parse() {
         match config(&["-v", "-b", "/sb", "/dev/vg/snap", "host:/dev/vg2/lv"]).unwrap() {
-            Config::Send {
+            Config::Send(SendConfig {
                 source,
                 target,
                 snapback,
                 verbosity,
                 ..
-            } => {
+            }) => {
                 assert_eq!(source, ChangeSourceSpec::Snapshot("/dev/vg/snap".into()));
                 assert_eq!(target, SendTarget::Dest("host:/dev/vg2/lv".into()));
                 assert_eq!(snapback.as_deref(), Some("/sb"));
@@ -381,43 +405,43 @@ mod tests {
         // Options after positionals, as in Ruby lvmsync's README.
         assert!(matches!(
             config(&["/dev/vg/snap", "host:/dev/x", "--snapback", "/f"]).unwrap(),
-            Config::Send {
+            Config::Send(SendConfig {
                 snapback: Some(_),
                 ..
-            }
+            })
         ));
         assert!(matches!(
             config(&["--apply", "-", "/dev/x"]).unwrap(),
-            Config::Apply { .. }
+            Config::Apply(_)
         ));
         assert!(matches!(
             config(&["--server", "/dev/x"]).unwrap(),
-            Config::Apply { .. }
+            Config::Apply(_)
         ));
         assert!(matches!(
             config(&["--stdout", "/dev/vg/snap"]).unwrap(),
-            Config::Send {
+            Config::Send(SendConfig {
                 target: SendTarget::Stdout,
                 ..
-            }
+            })
         ));
     }
 
     #[test]
     fn offline_sources_parse() {
         match config(&["--stdout", "--cow", "c.img", "--data-source", "o.img"]).unwrap() {
-            Config::Send {
+            Config::Send(SendConfig {
                 source,
                 data_source,
                 ..
-            } => {
+            }) => {
                 assert_eq!(source, ChangeSourceSpec::Cow("c.img".into()));
                 assert_eq!(data_source, Some("o.img".into()));
             }
             c => panic!("{c:?}"),
         }
         match config(&["changes", "--thin-metadata", "m", "--thin-ids", "2:1"]).unwrap() {
-            Config::Changes { source, .. } => assert_eq!(
+            Config::Changes(ChangesConfig { source, .. }) => assert_eq!(
                 source,
                 ChangeSourceSpec::ThinMetadata {
                     path: "m".into(),

@@ -8,7 +8,9 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 use crate::apply::{apply_stream, ApplyOptions, ApplyReport};
 use crate::blockdev::Device;
-use crate::cli::{ChangeSourceSpec, Config, SendTarget, Verbosity};
+use crate::cli::{
+    ApplyConfig, ChangeSourceSpec, ChangesConfig, Config, SendConfig, SendTarget, Verbosity,
+};
 use crate::error::{Error, IoContext, Named, Result};
 use crate::extent::ExtentList;
 use crate::lvm::{self, ClassicSnapshot, Snapshot, ThinSnapshot};
@@ -23,18 +25,16 @@ const PIPE_WRITE: &str = "pipe to the local receiver: cannot write";
 
 pub fn run(config: Config) -> Result<()> {
     match config {
-        Config::Changes {
+        Config::Changes(ChangesConfig {
             source,
             data_source,
-        } => run_changes(&source, data_source.as_deref()),
-        Config::Apply {
+        }) => run_changes(&source, data_source.as_deref()),
+        Config::Apply(ApplyConfig {
             input,
             dest,
-            snapback,
-            force,
+            options: opts,
             verbosity,
-        } => {
-            let opts = ApplyOptions { snapback, force };
+        }) => {
             let report = if input == "-" {
                 let stdin =
                     Named::new(io::stdin().lock(), "standard input: cannot read the stream");
@@ -59,7 +59,7 @@ pub fn run(config: Config) -> Result<()> {
             }
             Ok(())
         }
-        Config::Send { .. } => run_send(config),
+        Config::Send(config) => run_send(config),
     }
 }
 
@@ -219,23 +219,18 @@ fn run_changes(source: &ChangeSourceSpec, data_source: Option<&Path>) -> Result<
     out.flush().ctx(|| STDOUT_WRITE.into())
 }
 
-fn run_send(config: Config) -> Result<()> {
-    let Config::Send {
+fn run_send(config: SendConfig) -> Result<()> {
+    let SendConfig {
         source,
         data_source,
         target,
-        format,
-        compress,
-        queue_depth,
+        stream: opts,
         snapback,
         force,
         rsh,
         remote_path,
         verbosity,
-    } = config
-    else {
-        unreachable!()
-    };
+    } = config;
     let (changes, data_path, classic) = resolve_changes(&source, data_source.as_deref())?;
     let data_path = data_path.ok_or_else(|| Error::Invalid("no data source".into()))?;
     if verbosity >= Verbosity::Verbose {
@@ -256,11 +251,6 @@ fn run_send(config: Config) -> Result<()> {
             crate::say!("lvmsync: change {} +{} {}", e.offset, e.len, e.kind);
         }
     }
-    let opts = SendOptions {
-        format,
-        compress,
-        queue_depth,
-    };
     let bar = progress_bar(verbosity, changes.extents.total_bytes());
     let progress = |n: u64| {
         if let Some(b) = &bar {

@@ -42,7 +42,7 @@ pub const READ_PIECE: u64 = 1 << 20;
 /// Most pieces in one task (small pieces are grouped up to [`READ_PIECE`] bytes).
 const MAX_GROUP_PIECES: usize = 256;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendOptions {
     pub format: Format,
     /// zstd level for format 4 payloads.

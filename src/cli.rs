@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::apply::ApplyOptions;
 use crate::error::{Error, Result};
 use crate::send::SendOptions;
+use crate::source::ChangeSourceSpec;
 use crate::stream::Format;
 
 const USAGE: &str = "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
@@ -126,21 +127,6 @@ fn parse_format(s: &str) -> std::result::Result<Format, String> {
         "4" => Ok(Format::V4),
         _ => Err(format!("unknown stream format '{s}' (3 or 4)")),
     }
-}
-
-/// Where the list of changes comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChangeSourceSpec {
-    /// A live snapshot, discovered through LVM.
-    Snapshot(PathBuf),
-    /// A classic exception store image or device.
-    Cow(PathBuf),
-    /// Thin-pool metadata image or device, with the snapshot's and origin's device ids.
-    ThinMetadata {
-        path: PathBuf,
-        snap_id: u64,
-        origin_id: u64,
-    },
 }
 
 /// Where a stream goes.

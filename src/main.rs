@@ -26,7 +26,7 @@ fn main() -> ExitCode {
                 "standard output is closed; nothing was read or sent".into(),
             ));
         }
-        lvmsync::run::run(config)
+        lvmsync::commands::run(config)
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,12 +1,34 @@
 //! Change sources: where the list of changed ranges comes from.
 //!
 //! - [`cow`]: a classic (dm-snapshot) exception store;
-//! - [`thin`]: the difference of two thin devices' mappings in thin-pool metadata.
+//! - [`thin`]: the difference of two thin devices' mappings in thin-pool metadata;
+//! - [`resolve`](mod@resolve): from a source as given (a live snapshot found through LVM, or an
+//!   offline store or metadata) to its [`ChangeSet`] and the device to read changed data from.
 
 pub mod cow;
+pub mod resolve;
 pub mod thin;
 
+use std::path::PathBuf;
+
 use crate::extent::ExtentList;
+
+pub use resolve::{resolve, Resolved};
+
+/// Where the list of changes comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeSourceSpec {
+    /// A live snapshot, discovered through LVM.
+    Snapshot(PathBuf),
+    /// A classic exception store image or device.
+    Cow(PathBuf),
+    /// Thin-pool metadata image or device, with the snapshot's and origin's device ids.
+    ThinMetadata {
+        path: PathBuf,
+        snap_id: u64,
+        origin_id: u64,
+    },
+}
 
 /// What changed in a volume since a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]

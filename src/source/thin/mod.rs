@@ -17,6 +17,7 @@ mod io;
 use std::path::{Path, PathBuf};
 
 use crate::extent::{Extent, ExtentList};
+use crate::source::ChangeSet;
 
 use diff::BlockChange;
 pub use format::Superblock;
@@ -118,6 +119,20 @@ pub struct ThinDelta {
     /// size. [`crate::extent::ExtentKind::Data`]: read the newer device there;
     /// [`crate::extent::ExtentKind::Zero`]: the newer device reads zeros there.
     pub extents: ExtentList,
+}
+
+impl ThinDelta {
+    /// The changes of a thin volume of `volume_bytes`: a last block that straddles the end is
+    /// cut to it.
+    pub fn into_changes(self, volume_bytes: u64) -> ChangeSet {
+        let mut extents = self.extents;
+        extents.clamp(volume_bytes);
+        ChangeSet {
+            extents,
+            chunk_bytes: self.data_block_bytes,
+            volume_bytes,
+        }
+    }
 }
 
 /// Work done by [`delta_with_stats`].

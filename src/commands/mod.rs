@@ -1,0 +1,25 @@
+//! The commands: each turns its validated configuration ([`Config`]) into calls of the library
+//! and reports what was done. [`run`] dispatches.
+//!
+//! - [`send`]: `lvmsync [--stdout] SNAPSHOT [[HOST:]DEST]`, the changes as a stream;
+//! - [`apply`]: `lvmsync --apply FILE|- DEST`;
+//! - [`changes`]: `lvmsync changes SNAPSHOT`, the changed ranges as text.
+
+pub mod apply;
+pub mod changes;
+pub mod send;
+
+use crate::cli::Config;
+use crate::error::Result;
+
+/// What a failed write to standard output says.
+const STDOUT_WRITE: &str = "standard output: cannot write";
+
+/// Carries out a validated configuration.
+pub fn run(config: Config) -> Result<()> {
+    match config {
+        Config::Send(config) => send::run(config),
+        Config::Apply(config) => apply::run(&config),
+        Config::Changes(config) => changes::run(&config),
+    }
+}

@@ -7,9 +7,11 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::apply::ApplyOptions;
 use crate::error::{Error, Result};
+use crate::msg::Verbosity;
 use crate::send::SendOptions;
 use crate::source::ChangeSourceSpec;
 use crate::stream::Format;
+use crate::transport::{ReceiverOptions, SendTarget};
 
 const USAGE: &str = "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
        lvmsync [OPTIONS] --stdout SNAPSHOT
@@ -129,23 +131,6 @@ fn parse_format(s: &str) -> std::result::Result<Format, String> {
     }
 }
 
-/// Where a stream goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SendTarget {
-    Stdout,
-    /// `[HOST:]DEST` as given; the transport decides whether it is remote.
-    Dest(String),
-}
-
-/// Messages to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Verbosity {
-    Quiet,
-    Normal,
-    Verbose,
-    Debug,
-}
-
 /// What to do: one validated command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Config {
@@ -163,14 +148,8 @@ pub struct SendConfig {
     pub target: SendTarget,
     /// How the stream is written: format, compression, reads in flight.
     pub stream: SendOptions,
-    /// Snapback file of the receiver (a path on the receiving host).
-    pub snapback: Option<String>,
-    /// Let the receiver overwrite an existing snapback file.
-    pub force: bool,
-    /// Remote shell command reaching a remote destination's host.
-    pub rsh: String,
-    /// lvmsync on the remote host.
-    pub remote_path: String,
+    /// The receiver's snapback and `--force`, and how a remote one is reached.
+    pub receiver: ReceiverOptions,
     pub verbosity: Verbosity,
 }
 
@@ -350,10 +329,12 @@ impl Cli {
                 compress: a.compress.then_some(a.compress_level),
                 queue_depth: a.queue_depth.clamp(1, 1024),
             },
-            snapback: a.snapback,
-            force: a.force,
-            rsh: a.rsh,
-            remote_path: a.remote_path,
+            receiver: ReceiverOptions {
+                snapback: a.snapback,
+                force: a.force,
+                rsh: a.rsh,
+                remote_path: a.remote_path,
+            },
             verbosity,
         }))
     }
@@ -377,25 +358,22 @@ mod tests {
             Config::Send(SendConfig {
                 source,
                 target,
-                snapback,
+                receiver,
                 verbosity,
                 ..
             }) => {
                 assert_eq!(source, ChangeSourceSpec::Snapshot("/dev/vg/snap".into()));
                 assert_eq!(target, SendTarget::Dest("host:/dev/vg2/lv".into()));
-                assert_eq!(snapback.as_deref(), Some("/sb"));
+                assert_eq!(receiver.snapback.as_deref(), Some("/sb"));
                 assert_eq!(verbosity, Verbosity::Verbose);
             }
             c => panic!("{c:?}"),
         }
         // Options after positionals, as in Ruby lvmsync's README.
-        assert!(matches!(
-            config(&["/dev/vg/snap", "host:/dev/x", "--snapback", "/f"]).unwrap(),
-            Config::Send(SendConfig {
-                snapback: Some(_),
-                ..
-            })
-        ));
+        match config(&["/dev/vg/snap", "host:/dev/x", "--snapback", "/f"]).unwrap() {
+            Config::Send(c) => assert_eq!(c.receiver.snapback.as_deref(), Some("/f")),
+            c => panic!("{c:?}"),
+        }
         assert!(matches!(
             config(&["--apply", "-", "/dev/x"]).unwrap(),
             Config::Apply(_)

@@ -8,6 +8,9 @@ use crate::stream::StreamError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What a failed write to standard output says.
+pub const STDOUT_WRITE: &str = "standard output: cannot write";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{context}: {source}")]

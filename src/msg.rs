@@ -1,4 +1,4 @@
-//! Messages on standard error.
+//! Messages on standard error, and how many of them ([`Verbosity`]).
 //!
 //! `eprintln!` panics when standard error cannot be written (closed, or a pipe whose reader is
 //! gone): a sync that succeeded would then end with a panic. Every message goes through
@@ -24,4 +24,13 @@ pub fn line(args: std::fmt::Arguments<'_>) {
 /// Writes bytes (a whole line, with its newline) to standard error, ignoring errors.
 pub fn raw(bytes: &[u8]) {
     let _ = std::io::stderr().lock().write_all(bytes);
+}
+
+/// How much lvmsync says on standard error (`-q`, the default, `-v`, `-d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+    Debug,
 }

@@ -8,7 +8,8 @@ mod ssh_fixture;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use lvmsync::transport::{RemoteApply, RemoteOptions};
+use lvmsync::msg::Verbosity;
+use lvmsync::transport::{ReceiverOptions, RemoteApply};
 use ssh_fixture::Sshd;
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -19,13 +20,13 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
-fn options(sshd: &Sshd, remote_path: &Path) -> RemoteOptions {
-    RemoteOptions {
+fn options(sshd: &Sshd, remote_path: &Path) -> ReceiverOptions {
+    ReceiverOptions {
         rsh: sshd.rsh(),
         remote_path: shlex::try_quote(remote_path.to_str().unwrap())
             .unwrap()
             .into_owned(),
-        ..RemoteOptions::default()
+        ..ReceiverOptions::default()
     }
 }
 
@@ -47,12 +48,11 @@ fn arguments_arrive_as_words_and_run_nothing() {
     );
     let p = pwned.display();
     let dest = format!("/tmp/a b;touch {p};`touch {p}`$(touch {p})|touch {p}&&touch {p}\ttab");
-    let opts = RemoteOptions {
+    let opts = ReceiverOptions {
         snapback: Some(format!("sb'{p}'\"x\"")),
-        verbose: true,
         ..options(&sshd, &recv)
     };
-    let mut apply = RemoteApply::spawn("127.0.0.1", &dest, &opts).unwrap();
+    let mut apply = RemoteApply::spawn("127.0.0.1", &dest, &opts, Verbosity::Verbose).unwrap();
     apply.input().write_all(b"stream over ssh").unwrap();
     apply.finish().unwrap();
     let got = std::fs::read_to_string(&args).unwrap();
@@ -79,7 +79,13 @@ fn remote_exit_status_is_reported() {
         "recv",
         "cat > /dev/null; echo 'no such device' >&2; exit 4",
     );
-    let mut apply = RemoteApply::spawn("127.0.0.1", "/dev/x", &options(&sshd, &recv)).unwrap();
+    let mut apply = RemoteApply::spawn(
+        "127.0.0.1",
+        "/dev/x",
+        &options(&sshd, &recv),
+        Verbosity::Normal,
+    )
+    .unwrap();
     apply.input().write_all(&[0u8; 1000]).unwrap();
     let err = apply.finish().unwrap_err().to_string();
     assert_eq!(err, "remote apply on 127.0.0.1 failed (exit status 4)");
@@ -93,6 +99,7 @@ fn missing_remote_binary() {
         "127.0.0.1",
         "/dev/x",
         &options(&sshd, &dir.path().join("no-lvmsync-here")),
+        Verbosity::Normal,
     )
     .unwrap();
     let err = apply.finish().unwrap_err().to_string();
@@ -112,7 +119,13 @@ fn connection_killed_mid_stream() {
         "recv",
         &format!("touch '{}'; cat > /dev/null", started.display()),
     );
-    let mut apply = RemoteApply::spawn("127.0.0.1", "/dev/x", &options(&sshd, &recv)).unwrap();
+    let mut apply = RemoteApply::spawn(
+        "127.0.0.1",
+        "/dev/x",
+        &options(&sshd, &recv),
+        Verbosity::Normal,
+    )
+    .unwrap();
     let chunk = vec![0x5au8; 1 << 16];
     let mut written: u64 = 0;
     let mut killed = false;
@@ -161,11 +174,12 @@ fn through_a_control_master() {
         &format!("cat > '{}'; echo done >&2", input.display()),
     );
     for (round, want_ok) in [(1, true), (2, true)] {
-        let opts = RemoteOptions {
+        let opts = ReceiverOptions {
             rsh: rsh.clone(),
             ..options(&sshd, &recv)
         };
-        let mut apply = RemoteApply::spawn("127.0.0.1", "/dev/x", &opts).unwrap();
+        let mut apply =
+            RemoteApply::spawn("127.0.0.1", "/dev/x", &opts, Verbosity::Normal).unwrap();
         apply
             .input()
             .write_all(format!("round {round}").as_bytes())
@@ -183,11 +197,11 @@ fn through_a_control_master() {
     }
     // a failing receiver through the shared connection is still reported
     let bad = script(dir.path(), "bad", "cat > /dev/null; exit 6");
-    let opts = RemoteOptions {
+    let opts = ReceiverOptions {
         rsh: rsh.clone(),
         ..options(&sshd, &bad)
     };
-    let apply = RemoteApply::spawn("127.0.0.1", "/dev/x", &opts).unwrap();
+    let apply = RemoteApply::spawn("127.0.0.1", "/dev/x", &opts, Verbosity::Normal).unwrap();
     let err = apply.finish().unwrap_err().to_string();
     assert_eq!(err, "remote apply on 127.0.0.1 failed (exit status 6)");
     let mut exit = std::process::Command::new("ssh");

@@ -6,8 +6,9 @@ use std::path::Path;
 use indicatif::HumanBytes;
 
 use crate::apply::{apply_stream, ApplyReport};
-use crate::cli::{ApplyConfig, Verbosity};
+use crate::cli::ApplyConfig;
 use crate::error::{IoContext, Named, Result};
+use crate::msg::Verbosity;
 
 pub fn run(config: &ApplyConfig) -> Result<()> {
     let ApplyConfig {

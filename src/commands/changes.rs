@@ -2,9 +2,8 @@
 
 use std::io::{self, BufWriter, Write};
 
-use super::STDOUT_WRITE;
 use crate::cli::ChangesConfig;
-use crate::error::{IoContext, Named, Result};
+use crate::error::{IoContext, Named, Result, STDOUT_WRITE};
 use crate::source;
 
 pub fn run(config: &ChangesConfig) -> Result<()> {

@@ -12,9 +12,6 @@ pub mod send;
 use crate::cli::Config;
 use crate::error::Result;
 
-/// What a failed write to standard output says.
-const STDOUT_WRITE: &str = "standard output: cannot write";
-
 /// Carries out a validated configuration.
 pub fn run(config: Config) -> Result<()> {
     match config {

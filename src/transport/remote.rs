@@ -1,5 +1,4 @@
-//! Where a change stream goes: a local path, or `lvmsync --apply -` on another host run through a
-//! remote shell (ssh by default).
+//! `lvmsync --apply -` on another host, run through a remote shell (ssh by default).
 //!
 //! The remote command line is built word by word. The remote shell command (`--rsh`) is split
 //! the way a shell would split it; every word given to the remote host is shell-quoted, because
@@ -7,98 +6,27 @@
 //! destination such as `/tmp/a b;touch /tmp/x` therefore arrives as one argument and runs nothing.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use crate::error::Error;
+use super::{is_broken_pipe, ReceiverOptions};
+use crate::error::{Error, IoContext, Named, Result};
+use crate::msg::Verbosity;
 
 /// How long `finish` waits for the remote's output to drain once the remote shell has exited.
 /// The pipes normally reach EOF at once; they stay open only when some other process inherited
 /// them, e.g. an ssh ControlMaster started by this connection.
 const RELAY_DRAIN: Duration = Duration::from_secs(2);
 
-/// A destination argument, `[HOST:]PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    Local(PathBuf),
-    /// `host` is what the remote shell gets (`user@host`, or an IPv6 address without brackets).
-    Remote {
-        host: String,
-        path: String,
-    },
-}
-
-/// Splits `[HOST:]PATH`.
-///
-/// - `host:/dev/x`, `user@host:/x` are remote;
-/// - `[::1]:/dev/x` and `user@[fe80::1]:/x` are remote, brackets removed for the remote shell;
-/// - a colon after a `/` belongs to a local path (`/dev/disk/by-path/pci-0000:00:1f.2`,
-///   `./a:b`), and a leading colon (`:x`) is not a host either.
-pub fn parse_destination(arg: &str) -> Destination {
-    let local = || Destination::Local(PathBuf::from(arg));
-    let Some(colon) = arg.find(':') else {
-        return local();
-    };
-    // `[v6]:path` or `user@[v6]:path`: the address itself contains colons.
-    let bracket_start = match arg.find('[') {
-        Some(i) if i < colon && !arg[..i].contains('/') => Some(i),
-        _ => None,
-    };
-    if let Some(open) = bracket_start {
-        let rest = &arg[open + 1..];
-        return match rest.find("]:") {
-            Some(close) if close > 0 => Destination::Remote {
-                host: format!("{}{}", &arg[..open], &rest[..close]),
-                path: rest[close + 2..].to_string(),
-            },
-            _ => local(),
-        };
-    }
-    let host = &arg[..colon];
-    if host.is_empty() || host.contains('/') {
-        return local();
-    }
-    Destination::Remote {
-        host: host.to_string(),
-        path: arg[colon + 1..].to_string(),
-    }
-}
-
-/// Options of the remote receiver.
-#[derive(Debug, Clone)]
-pub struct RemoteOptions {
-    /// Remote shell command, split like a shell would (`ssh -p 2222 -o "ProxyCommand x y"`).
-    pub rsh: String,
-    /// The receiver's command on the remote host. Split like `rsh`, so `sudo lvmsync` works;
-    /// each of its words is quoted for the remote shell.
-    pub remote_path: String,
-    pub snapback: Option<String>,
-    pub force: bool,
-    pub verbose: bool,
-    pub quiet: bool,
-    pub debug: bool,
-}
-
-impl Default for RemoteOptions {
-    fn default() -> Self {
-        RemoteOptions {
-            rsh: "ssh".to_string(),
-            remote_path: "lvmsync".to_string(),
-            snapback: None,
-            force: false,
-            verbose: false,
-            quiet: false,
-            debug: false,
-        }
-    }
-}
-
 /// The words of the receiver's command line, unquoted.
-fn remote_words(dest: &str, opts: &RemoteOptions) -> Result<Vec<String>, Error> {
+fn remote_words(
+    dest: &str,
+    opts: &ReceiverOptions,
+    verbosity: Verbosity,
+) -> Result<Vec<String>, Error> {
     let mut words = shlex::split(&opts.remote_path)
         .filter(|w| !w.is_empty())
         .ok_or_else(|| {
@@ -111,16 +39,16 @@ fn remote_words(dest: &str, opts: &RemoteOptions) -> Result<Vec<String>, Error> 
     if let Some(snapback) = &opts.snapback {
         words.extend(["--snapback".to_string(), snapback.clone()]);
     }
-    for (set, flag) in [
-        (opts.force, "--force"),
-        (opts.verbose, "-v"),
-        (opts.quiet, "-q"),
-        (opts.debug, "-d"),
-    ] {
-        if set {
-            words.push(flag.to_string());
-        }
+    if opts.force {
+        words.push("--force".to_string());
     }
+    let verbosity_flags: &[&str] = match verbosity {
+        Verbosity::Quiet => &["-q"],
+        Verbosity::Normal => &[],
+        Verbosity::Verbose => &["-v"],
+        Verbosity::Debug => &["-v", "-d"],
+    };
+    words.extend(verbosity_flags.iter().map(|f| f.to_string()));
     if dest.is_empty() {
         return Err(Error::Invalid("no remote destination path given".into()));
     }
@@ -137,7 +65,8 @@ fn remote_words(dest: &str, opts: &RemoteOptions) -> Result<Vec<String>, Error> 
 pub fn remote_command(
     host: &str,
     dest: &str,
-    opts: &RemoteOptions,
+    opts: &ReceiverOptions,
+    verbosity: Verbosity,
 ) -> Result<Vec<OsString>, Error> {
     let rsh = shlex::split(&opts.rsh)
         .filter(|w| !w.is_empty())
@@ -150,7 +79,7 @@ pub fn remote_command(
     }
     let mut argv: Vec<OsString> = rsh.into_iter().map(OsString::from).collect();
     argv.push(host.into());
-    for word in remote_words(dest, opts)? {
+    for word in remote_words(dest, opts, verbosity)? {
         let quoted = shlex::try_quote(&word)
             .map_err(|_| Error::Invalid(format!("remote argument {word:?} contains a NUL byte")))?;
         argv.push(quoted.into_owned().into());
@@ -173,8 +102,13 @@ pub struct RemoteApply {
 impl RemoteApply {
     /// Starts `RSH... HOST REMOTE_PATH --apply - [--snapback F] [--force] [-v] [-q] [-d] DEST`.
     /// The receiver's stdout and stderr are copied line by line to our stderr as `remote: ...`.
-    pub fn spawn(host: &str, dest: &str, opts: &RemoteOptions) -> Result<Self, Error> {
-        let argv = remote_command(host, dest, opts)?;
+    pub fn spawn(
+        host: &str,
+        dest: &str,
+        opts: &ReceiverOptions,
+        verbosity: Verbosity,
+    ) -> Result<Self, Error> {
+        let argv = remote_command(host, dest, opts, verbosity)?;
         let program = argv[0].clone();
         let mut child = Command::new(&program)
             .args(&argv[1..])
@@ -235,6 +169,34 @@ impl RemoteApply {
             }
         }
         check_status(&self.host, status)
+    }
+
+    /// Sends a stream: `write` writes it whole into the remote's input. When anything fails,
+    /// the remote's own account (its exit status, relayed stderr) comes first: a broken pipe
+    /// here is only the symptom.
+    pub fn send<T>(mut self, write: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
+        let host = self.host.clone();
+        let context = format!("stream to {host}: cannot write");
+        let mut out = BufWriter::with_capacity(1 << 20, Named::new(self.input(), context.clone()));
+        let sent = write(&mut out).and_then(|r| {
+            out.flush().ctx(|| context)?;
+            Ok(r)
+        });
+        drop(out);
+        match sent {
+            Ok(r) => {
+                self.finish()?;
+                Ok(r)
+            }
+            Err(e) if is_broken_pipe(&e) => {
+                self.finish()?;
+                Err(Error::Invalid(format!(
+                    "the connection to {host} closed before the stream was complete"
+                )))
+            }
+            // Our own failure: dropping `self` kills the remote shell before it sees a clean end.
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -299,59 +261,14 @@ fn spawn_relay<R: Read + Send + 'static>(pipe: R, done: mpsc::Sender<()>) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{self, Write};
-    use std::path::Path;
+    use std::io;
+    use std::path::{Path, PathBuf};
 
-    fn remote(host: &str, path: &str) -> Destination {
-        Destination::Remote {
-            host: host.into(),
-            path: path.into(),
-        }
-    }
-    fn local(path: &str) -> Destination {
-        Destination::Local(PathBuf::from(path))
-    }
-
-    #[test]
-    fn destinations() {
-        let table = [
-            ("host:/dev/x", remote("host", "/dev/x")),
-            ("user@host:/x", remote("user@host", "/x")),
-            ("[::1]:/dev/x", remote("::1", "/dev/x")),
-            (
-                "root@[fe80::1%eth0]:/dev/vg/lv",
-                remote("root@fe80::1%eth0", "/dev/vg/lv"),
-            ),
-            (
-                "host.example.org:relative/file",
-                remote("host.example.org", "relative/file"),
-            ),
-            (
-                "h:/dev/disk/by-path/pci-0000:00:1f.2",
-                remote("h", "/dev/disk/by-path/pci-0000:00:1f.2"),
-            ),
-            ("/dev/vg/lv", local("/dev/vg/lv")),
-            (
-                "/dev/disk/by-path/pci-0000:00:1f.2",
-                local("/dev/disk/by-path/pci-0000:00:1f.2"),
-            ),
-            ("./a:b", local("./a:b")),
-            ("dir/a:b", local("dir/a:b")),
-            (":x", local(":x")),
-            ("plainfile", local("plainfile")),
-            ("[::1]", local("[::1]")),
-            ("/x/[::1]:/y", local("/x/[::1]:/y")),
-        ];
-        for (arg, want) in table {
-            assert_eq!(parse_destination(arg), want, "{arg}");
-        }
-    }
-
-    fn opts(rsh: &str, remote_path: &str) -> RemoteOptions {
-        RemoteOptions {
+    fn opts(rsh: &str, remote_path: &str) -> ReceiverOptions {
+        ReceiverOptions {
             rsh: rsh.into(),
             remote_path: remote_path.into(),
-            ..RemoteOptions::default()
+            ..ReceiverOptions::default()
         }
     }
 
@@ -361,6 +278,7 @@ mod tests {
             "h",
             "/dev/x",
             &opts(r#"ssh -p 2222 -o "ProxyCommand x y""#, "lvmsync"),
+            Verbosity::Normal,
         )
         .unwrap();
         let argv: Vec<_> = argv.iter().map(|a| a.to_str().unwrap()).collect();
@@ -383,15 +301,12 @@ mod tests {
 
     #[test]
     fn options_are_forwarded_in_order() {
-        let o = RemoteOptions {
+        let o = ReceiverOptions {
             snapback: Some("/sb/my file".into()),
             force: true,
-            verbose: true,
-            quiet: false,
-            debug: true,
             ..opts("ssh", "/usr/local/bin/lvmsync")
         };
-        let argv = remote_command("h", "/dev/vg/lv", &o).unwrap();
+        let argv = remote_command("h", "/dev/vg/lv", &o, Verbosity::Debug).unwrap();
         let argv: Vec<_> = argv.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
             argv,
@@ -412,16 +327,36 @@ mod tests {
     }
 
     #[test]
+    fn verbosity_goes_as_the_flags_that_set_it() {
+        for (verbosity, flags) in [
+            (Verbosity::Quiet, &["-q"][..]),
+            (Verbosity::Normal, &[]),
+            (Verbosity::Verbose, &["-v"]),
+            (Verbosity::Debug, &["-v", "-d"]),
+        ] {
+            let words = remote_words("/d", &ReceiverOptions::default(), verbosity).unwrap();
+            let want: Vec<&str> = ["lvmsync", "--apply", "-"]
+                .iter()
+                .chain(flags)
+                .chain(&["/d"])
+                .copied()
+                .collect();
+            assert_eq!(words, want, "{verbosity:?}");
+        }
+    }
+
+    #[test]
     fn bad_arguments_are_refused() {
         let o = opts("ssh", "lvmsync");
-        assert!(remote_command("-oProxyCommand=x", "/d", &o).is_err());
-        assert!(remote_command("", "/d", &o).is_err());
-        assert!(remote_command("h", "", &o).is_err());
-        assert!(remote_command("h", "-rf", &o).is_err());
-        assert!(remote_command("h", "/a\0b", &o).is_err());
-        assert!(remote_command("h", "/d", &opts("ssh 'unclosed", "lvmsync")).is_err());
-        assert!(remote_command("h", "/d", &opts("", "lvmsync")).is_err());
-        assert!(remote_command("h", "/d", &opts("ssh", "  ")).is_err());
+        assert!(remote_command("-oProxyCommand=x", "/d", &o, Verbosity::Normal).is_err());
+        assert!(remote_command("", "/d", &o, Verbosity::Normal).is_err());
+        assert!(remote_command("h", "", &o, Verbosity::Normal).is_err());
+        assert!(remote_command("h", "-rf", &o, Verbosity::Normal).is_err());
+        assert!(remote_command("h", "/a\0b", &o, Verbosity::Normal).is_err());
+        let normal = Verbosity::Normal;
+        assert!(remote_command("h", "/d", &opts("ssh 'unclosed", "lvmsync"), normal).is_err());
+        assert!(remote_command("h", "/d", &opts("", "lvmsync"), normal).is_err());
+        assert!(remote_command("h", "/d", &opts("ssh", "  "), normal).is_err());
     }
 
     /// A stand-in for ssh: drops the host, joins the rest with spaces and runs it with `sh -c`,
@@ -457,11 +392,11 @@ mod tests {
             pwned.display(),
             pwned.display()
         );
-        let o = RemoteOptions {
+        let o = ReceiverOptions {
             snapback: Some("x'y\"z".into()),
             ..opts(FAKE_SSH, &shlex::try_quote(recv.to_str().unwrap()).unwrap())
         };
-        let mut apply = RemoteApply::spawn("somehost", &dest, &o).unwrap();
+        let mut apply = RemoteApply::spawn("somehost", &dest, &o, Verbosity::Normal).unwrap();
         apply.input().write_all(b"stream bytes").unwrap();
         apply.finish().unwrap();
         let got = std::fs::read_to_string(&args).unwrap();
@@ -479,8 +414,13 @@ mod tests {
             "recv",
             "echo 'cannot open destination' >&2; exit 3",
         );
-        let mut apply =
-            RemoteApply::spawn("h1", "/dev/x", &opts(FAKE_SSH, recv.to_str().unwrap())).unwrap();
+        let mut apply = RemoteApply::spawn(
+            "h1",
+            "/dev/x",
+            &opts(FAKE_SSH, recv.to_str().unwrap()),
+            Verbosity::Normal,
+        )
+        .unwrap();
         let chunk = vec![0u8; 1 << 16];
         let mut write_error = None;
         for _ in 0..1024 {
@@ -503,8 +443,13 @@ mod tests {
     fn missing_remote_binary_is_explained() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("no-such-lvmsync");
-        let apply =
-            RemoteApply::spawn("h", "/dev/x", &opts(FAKE_SSH, missing.to_str().unwrap())).unwrap();
+        let apply = RemoteApply::spawn(
+            "h",
+            "/dev/x",
+            &opts(FAKE_SSH, missing.to_str().unwrap()),
+            Verbosity::Normal,
+        )
+        .unwrap();
         let err = apply.finish().unwrap_err().to_string();
         assert!(
             err.contains("exit status 127") && err.contains("--remote-path"),
@@ -514,10 +459,15 @@ mod tests {
 
     #[test]
     fn missing_remote_shell_is_an_error() {
-        let err = RemoteApply::spawn("h", "/d", &opts("/nonexistent/ssh", "lvmsync"))
-            .err()
-            .unwrap()
-            .to_string();
+        let err = RemoteApply::spawn(
+            "h",
+            "/d",
+            &opts("/nonexistent/ssh", "lvmsync"),
+            Verbosity::Normal,
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(
             err.contains("cannot run remote shell /nonexistent/ssh"),
             "{err}"
@@ -538,8 +488,13 @@ mod tests {
                 pidfile.display()
             ),
         );
-        let apply =
-            RemoteApply::spawn("h", "/dev/x", &opts(FAKE_SSH, recv.to_str().unwrap())).unwrap();
+        let apply = RemoteApply::spawn(
+            "h",
+            "/dev/x",
+            &opts(FAKE_SSH, recv.to_str().unwrap()),
+            Verbosity::Normal,
+        )
+        .unwrap();
         let result = apply.finish();
         let pid = std::fs::read_to_string(&pidfile).unwrap();
         let _ = Command::new("kill").arg(pid.trim()).status();
@@ -548,8 +503,13 @@ mod tests {
 
     #[test]
     fn signal_death_is_reported() {
-        let apply =
-            RemoteApply::spawn("h", "/d", &opts("sh -c 'kill -9 $$' rsh", "lvmsync")).unwrap();
+        let apply = RemoteApply::spawn(
+            "h",
+            "/d",
+            &opts("sh -c 'kill -9 $$' rsh", "lvmsync"),
+            Verbosity::Normal,
+        )
+        .unwrap();
         let err = apply.finish().unwrap_err().to_string();
         assert_eq!(err, "remote apply on h failed (killed by signal 9)");
     }

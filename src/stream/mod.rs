@@ -116,9 +116,15 @@ pub struct EncodedRecords {
     entries: Vec<Entry>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryKind {
+    Data,
+    Zero,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    kind: u8,
+    kind: EntryKind,
     offset: u64,
     len: u64,
     /// End of this record's bytes in `wire`. Format 3 zero ranges have none: the writer
@@ -159,29 +165,58 @@ impl EncodedRecords {
             ))),
         }
     }
+
+    fn push(&mut self, kind: EntryKind, offset: u64, len: u64, digest: [u8; 32]) {
+        self.entries.push(Entry {
+            kind,
+            offset,
+            len,
+            wire_end: self.wire.len(),
+            digest,
+        });
+    }
 }
 
 /// Encodes records (splitting, zstd compression, checksums, digests) without touching the
 /// sink, so that several threads can encode while one thread writes the results in order with
 /// [`StreamWriter::write_encoded`]. One encoder per thread; it reuses its zstd context.
 pub struct RecordEncoder {
-    format: Format,
-    level: Option<i32>,
-    compressor: Option<zstd::bulk::Compressor<'static>>,
+    format: FormatEncoder,
+}
+
+enum FormatEncoder {
+    V3,
+    V4(v4::Encoder),
 }
 
 impl RecordEncoder {
     pub fn new(opts: &WriterOptions) -> Result<Self, StreamError> {
-        if opts.format == Format::V3 && opts.compress.is_some() {
-            return Err(StreamError::Unsupported(
-                "format 3 streams cannot be compressed (use format 4)".into(),
-            ));
+        let format = match opts.format {
+            Format::V3 if opts.compress.is_some() => {
+                return Err(StreamError::Unsupported(
+                    "format 3 streams cannot be compressed (use format 4)".into(),
+                ))
+            }
+            Format::V3 => FormatEncoder::V3,
+            Format::V4 => FormatEncoder::V4(v4::Encoder::new(opts.compress)),
+        };
+        Ok(RecordEncoder { format })
+    }
+
+    fn format(&self) -> Format {
+        match self.format {
+            FormatEncoder::V3 => Format::V3,
+            FormatEncoder::V4(_) => Format::V4,
         }
-        Ok(RecordEncoder {
-            format: opts.format,
-            level: opts.compress,
-            compressor: None,
-        })
+    }
+
+    /// Another encoder with the same format and compression level, with its own zstd context.
+    fn fresh(&self) -> RecordEncoder {
+        let format = match &self.format {
+            FormatEncoder::V3 => FormatEncoder::V3,
+            FormatEncoder::V4(e) => FormatEncoder::V4(e.fresh()),
+        };
+        RecordEncoder { format }
     }
 
     /// Appends data records for `data` at byte `offset` to `out`, split into records of at most
@@ -193,60 +228,21 @@ impl RecordEncoder {
         out: &mut EncodedRecords,
     ) -> Result<(), StreamError> {
         check_range(offset, data.len() as u64)?;
-        out.bind(self.format)?;
+        out.bind(self.format())?;
         for (i, piece) in data.chunks(MAX_RECORD_DATA).enumerate() {
             let offset = offset + (i * MAX_RECORD_DATA) as u64;
-            let start = out.wire.len();
-            let mut digest = [0u8; 32];
-            match self.format {
-                Format::V3 => {
-                    out.wire
-                        .extend_from_slice(&v3::record_header(offset, piece.len() as u32));
-                    out.wire.extend_from_slice(piece);
+            let digest = match &mut self.format {
+                FormatEncoder::V3 => {
+                    v3::encode_data(offset, piece, &mut out.wire);
+                    [0u8; 32]
                 }
-                Format::V4 => {
-                    digest = v4::data_digest(offset, piece);
-                    let body = start + v4::RECORD_HEADER_LEN;
-                    out.wire.resize(body, 0);
-                    let mut flags = 0;
-                    if let Some(level) = self.level {
-                        if self.compressor.is_none() {
-                            self.compressor = Some(zstd::bulk::Compressor::new(level)?);
-                        }
-                        let cctx = self.compressor.as_mut().unwrap();
-                        out.wire
-                            .reserve(zstd::zstd_safe::compress_bound(piece.len()));
-                        // The cursor makes zstd write after the record header.
-                        let mut cursor = io::Cursor::new(&mut out.wire);
-                        cursor.set_position(body as u64);
-                        let packed = cctx.compress_to_buffer(piece, &mut cursor)?;
-                        if packed < piece.len() {
-                            flags = v4::RECORD_FLAG_ZSTD;
-                            out.compressed = true;
-                        } else {
-                            out.wire.truncate(body);
-                        }
-                    }
-                    if flags == 0 {
-                        out.wire.extend_from_slice(piece);
-                    }
-                    let header = v4::record_header(
-                        v4::TYPE_DATA,
-                        flags,
-                        offset,
-                        piece.len() as u64,
-                        &out.wire[body..],
-                    );
-                    out.wire[start..body].copy_from_slice(&header);
+                FormatEncoder::V4(encoder) => {
+                    let (digest, compressed) = encoder.data(offset, piece, &mut out.wire)?;
+                    out.compressed |= compressed;
+                    digest
                 }
-            }
-            out.entries.push(Entry {
-                kind: v4::TYPE_DATA,
-                offset,
-                len: piece.len() as u64,
-                wire_end: out.wire.len(),
-                digest,
-            });
+            };
+            out.push(EntryKind::Data, offset, piece.len() as u64, digest);
         }
         Ok(())
     }
@@ -260,23 +256,15 @@ impl RecordEncoder {
         out: &mut EncodedRecords,
     ) -> Result<(), StreamError> {
         check_range(offset, len)?;
-        out.bind(self.format)?;
+        out.bind(self.format())?;
         if len == 0 {
             return Ok(());
         }
-        let mut digest = [0u8; 32];
-        if self.format == Format::V4 {
-            out.wire
-                .extend_from_slice(&v4::record_header(v4::TYPE_ZERO, 0, offset, len, &[]));
-            digest = v4::zero_digest(offset, len);
-        }
-        out.entries.push(Entry {
-            kind: v4::TYPE_ZERO,
-            offset,
-            len,
-            wire_end: out.wire.len(),
-            digest,
-        });
+        let digest = match self.format {
+            FormatEncoder::V3 => [0u8; 32],
+            FormatEncoder::V4(_) => v4::encode_zero(offset, len, &mut out.wire),
+        };
+        out.push(EntryKind::Zero, offset, len, digest);
         Ok(())
     }
 }
@@ -290,73 +278,52 @@ fn check_range(offset: u64, len: u64) -> Result<(), StreamError> {
     }
 }
 
+/// What the writer of each format keeps between records.
+enum WriteState {
+    V3(v3::WriteState),
+    V4(Box<v4::WriteState>),
+}
+
 /// Writes a change stream. Records are buffered; [`StreamWriter::finish`] must be called to
 /// end a format 4 stream (without it the stream has no end record and readers refuse it).
 pub struct StreamWriter<W: Write> {
     sink: BufWriter<W>,
     format: Format,
-    source_bytes: u64,
     compressed: bool,
     encoder: RecordEncoder,
     scratch: EncodedRecords,
     totals: StreamTotals,
-    /// Format 4: the next record must start at or after this offset.
-    next_min: u64,
-    /// Format 4: stream digest over the per-record digests.
-    digest: blake3::Hasher,
-    /// Format 3: zeros for zero ranges, allocated on first use.
-    zeros: Vec<u8>,
+    state: WriteState,
 }
 
 impl<W: Write> StreamWriter<W> {
     /// Writes the first line (and for format 4 the header).
     pub fn new(sink: W, opts: &WriterOptions) -> Result<Self, StreamError> {
         let encoder = RecordEncoder::new(opts)?;
-        if opts.format == Format::V3 && opts.snapback {
-            return Err(StreamError::Unsupported(
-                "format 3 streams cannot be marked as snapbacks (use format 4)".into(),
-            ));
-        }
         let mut sink = BufWriter::with_capacity(WRITE_BUFFER, sink);
         let mut totals = StreamTotals::default();
-        match opts.format {
-            Format::V3 => {
-                sink.write_all(v3::HANDSHAKE)?;
-                totals.wire_bytes = v3::HANDSHAKE.len() as u64;
-            }
-            Format::V4 => {
-                sink.write_all(v4::HANDSHAKE)?;
-                let header = v4::encode_header(
-                    opts.source_bytes,
-                    opts.chunk_bytes,
-                    opts.compress.is_some(),
-                    opts.snapback,
-                );
-                sink.write_all(&header)?;
-                totals.wire_bytes = (v4::HANDSHAKE.len() + header.len()) as u64;
-            }
-        }
+        let state = match opts.format {
+            Format::V3 => WriteState::V3(v3::WriteState::start(&mut sink, opts, &mut totals)?),
+            Format::V4 => WriteState::V4(Box::new(v4::WriteState::start(
+                &mut sink,
+                opts,
+                &mut totals,
+            )?)),
+        };
         Ok(StreamWriter {
             sink,
             format: opts.format,
-            source_bytes: opts.source_bytes,
             compressed: opts.compress.is_some(),
             encoder,
             scratch: EncodedRecords::new(),
             totals,
-            next_min: 0,
-            digest: blake3::Hasher::new(),
-            zeros: Vec::new(),
+            state,
         })
     }
 
     /// A new encoder with this stream's format and compression, for another thread.
     pub fn encoder(&self) -> RecordEncoder {
-        RecordEncoder {
-            format: self.format,
-            level: self.encoder.level,
-            compressor: None,
-        }
+        self.encoder.fresh()
     }
 
     /// Appends `data` at byte `offset` (split into records of at most [`MAX_RECORD_DATA`]).
@@ -402,77 +369,9 @@ impl<W: Write> StreamWriter<W> {
                     .into(),
             ));
         }
-        match self.format {
-            Format::V4 => {
-                let mut next_min = self.next_min;
-                for e in &batch.entries {
-                    let end = e.offset + e.len; // checked by the encoder
-                    if e.offset < next_min {
-                        return Err(StreamError::Invalid(format!(
-                            "record at offset {} is before the end {next_min} of the previous one (format 4 records must be increasing and disjoint)",
-                            e.offset
-                        )));
-                    }
-                    if end > self.source_bytes {
-                        return Err(StreamError::Invalid(format!(
-                            "record {}+{} ends past the source size {}",
-                            e.offset, e.len, self.source_bytes
-                        )));
-                    }
-                    next_min = end;
-                }
-                self.sink.write_all(&batch.wire)?;
-                self.next_min = next_min;
-                for e in &batch.entries {
-                    self.digest.update(&e.digest);
-                    self.count(e, 1);
-                }
-                self.totals.wire_bytes += batch.wire.len() as u64;
-            }
-            Format::V3 => {
-                let mut written = 0;
-                for e in &batch.entries {
-                    if e.kind == v4::TYPE_ZERO {
-                        self.sink.write_all(&batch.wire[written..e.wire_end])?;
-                        self.totals.wire_bytes += (e.wire_end - written) as u64;
-                        written = e.wire_end;
-                        self.write_v3_zeros(e.offset, e.len)?;
-                    } else {
-                        self.count(e, 1);
-                    }
-                }
-                self.sink.write_all(&batch.wire[written..])?;
-                self.totals.wire_bytes += (batch.wire.len() - written) as u64;
-            }
-        }
-        Ok(())
-    }
-
-    fn count(&mut self, e: &Entry, records: u64) {
-        self.totals.records += records;
-        if e.kind == v4::TYPE_ZERO && self.format == Format::V4 {
-            self.totals.zero_bytes += e.len;
-        } else {
-            self.totals.data_bytes += e.len;
-        }
-    }
-
-    /// Format 3 has no zero record: write data records full of zeros.
-    fn write_v3_zeros(&mut self, offset: u64, len: u64) -> Result<(), StreamError> {
-        let piece_max = (len.min(MAX_RECORD_DATA as u64)) as usize;
-        if self.zeros.len() < piece_max {
-            self.zeros.resize(piece_max, 0);
-        }
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(MAX_RECORD_DATA as u64) as usize;
-            self.sink
-                .write_all(&v3::record_header(offset + done, n as u32))?;
-            self.sink.write_all(&self.zeros[..n])?;
-            self.totals.wire_bytes += (v3::RECORD_HEADER_LEN + n) as u64;
-            self.totals.records += 1;
-            self.totals.data_bytes += n as u64;
-            done += n as u64;
+        match &mut self.state {
+            WriteState::V3(state) => state.write(&mut self.sink, batch, &mut self.totals)?,
+            WriteState::V4(state) => state.write(&mut self.sink, batch, &mut self.totals)?,
         }
         Ok(())
     }
@@ -490,11 +389,8 @@ impl<W: Write> StreamWriter<W> {
 
     /// Writes the end record (format 4), flushes, and returns the sink with the totals.
     pub fn finish(mut self) -> Result<(W, StreamTotals), StreamError> {
-        if self.format == Format::V4 {
-            let digest = std::mem::take(&mut self.digest).finalize();
-            let end = v4::end_record(&self.totals, digest.as_bytes());
-            self.sink.write_all(&end)?;
-            self.totals.wire_bytes += end.len() as u64;
+        if let WriteState::V4(state) = self.state {
+            state.finish(&mut self.sink, &mut self.totals)?;
         }
         let sink = self.sink.into_inner().map_err(|e| e.into_error())?;
         Ok((sink, self.totals))
@@ -549,8 +445,9 @@ impl<R: Read> Input<R> {
     }
 }
 
+/// What the reader of each format keeps between records.
 enum ReadState {
-    V3 { done: bool },
+    V3(v3::ReadState),
     V4(Box<v4::ReadState>),
 }
 
@@ -572,32 +469,19 @@ impl<R: Read> StreamReader<R> {
             pos: 0,
         };
         let line = input.read_line()?;
-        let info = if line == v3::HANDSHAKE || line == b"lvmsync PROTO[3]\r\n" {
-            StreamInfo {
-                format: Format::V3,
-                source_bytes: None,
-                chunk_bytes: None,
-                compressed: false,
-                snapback: false,
-            }
+        let state = if v3::HANDSHAKES.contains(&&line[..]) {
+            ReadState::V3(v3::ReadState::new())
         } else if line == v4::HANDSHAKE {
-            let at = input.pos;
-            let mut header = [0u8; v4::HEADER_LEN];
-            if input.read_full(&mut header)? < v4::HEADER_LEN {
-                return Err(StreamError::Corrupt(format!(
-                    "stream ends inside the format 4 header at byte {} (the header starts at byte {at})",
-                    input.pos
-                )));
-            }
-            v4::decode_header(&header, at)?
+            ReadState::V4(Box::new(v4::ReadState::open(&mut input)?))
         } else if line.is_empty() {
             return Err(StreamError::Corrupt(
                 "stream ends at byte 0, before the handshake line (expected 'lvmsync PROTO[3]' or 'lvmsync PROTO[4]')"
                     .into(),
             ));
         } else if !line.ends_with(b"\n")
-            && [v3::HANDSHAKE, v4::HANDSHAKE, b"lvmsync PROTO[3]\r\n"]
+            && v3::HANDSHAKES
                 .iter()
+                .chain(&[v4::HANDSHAKE])
                 .any(|h| h.starts_with(&line))
         {
             return Err(StreamError::Corrupt(format!(
@@ -615,9 +499,9 @@ impl<R: Read> StreamReader<R> {
                 StreamError::Corrupt(msg)
             });
         };
-        let state = match info.format {
-            Format::V3 => ReadState::V3 { done: false },
-            Format::V4 => ReadState::V4(Box::new(v4::ReadState::new(&info))),
+        let info = match &state {
+            ReadState::V3(_) => v3::info(),
+            ReadState::V4(state) => state.info().clone(),
         };
         let totals = StreamTotals {
             wire_bytes: input.pos,
@@ -639,15 +523,9 @@ impl<R: Read> StreamReader<R> {
     /// The next record, or `None` at the verified end of the stream (and on every later call).
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>, StreamError> {
         match &mut self.state {
-            ReadState::V3 { done } => {
-                if *done {
-                    return Ok(None);
-                }
-                match v3::read_record(&mut self.input, &mut self.buf, &mut self.totals)? {
-                    None => {
-                        *done = true;
-                        Ok(None)
-                    }
+            ReadState::V3(state) => {
+                match state.read_record(&mut self.input, &mut self.buf, &mut self.totals)? {
+                    None => Ok(None),
                     Some((offset, len)) => Ok(Some(Record::Data {
                         offset,
                         data: &self.buf[..len],

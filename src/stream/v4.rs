@@ -37,9 +37,15 @@
 //! overwritten. A crash can therefore cut it anywhere after its last durable point: a reader
 //! may accept a snapback that ends, without an end record, in at most that many bytes that do
 //! not form a valid record, because nothing those bytes describe was ever overwritten.
+//!
+//! Both sides of the format live here: encoding records and writing a stream, reading one and
+//! checking it as it goes. [`super`] dispatches on the format.
 
-use super::{Input, StreamError, StreamInfo, StreamTotals};
-use crate::stream::Format;
+use std::io::{self, Write};
+
+use super::{
+    EncodedRecords, EntryKind, Format, Input, StreamError, StreamInfo, StreamTotals, WriterOptions,
+};
 
 /// The first line of a format 4 stream.
 pub const HANDSHAKE: &[u8] = b"lvmsync PROTO[4]\n";
@@ -189,8 +195,158 @@ pub fn end_record(
     out
 }
 
+/// Encodes data records, compressing their payloads when asked to.
+pub(super) struct Encoder {
+    /// zstd level, when payloads are compressed.
+    level: Option<i32>,
+    /// Made on first use, then reused.
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl Encoder {
+    pub(super) fn new(level: Option<i32>) -> Self {
+        Encoder {
+            level,
+            compressor: None,
+        }
+    }
+
+    /// An encoder with the same level and its own zstd context.
+    pub(super) fn fresh(&self) -> Self {
+        Encoder::new(self.level)
+    }
+
+    /// Appends a data record for `data` at byte `offset` to `wire`, its payload compressed when
+    /// that makes it smaller; returns the record's digest and whether it is compressed.
+    pub(super) fn data(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        wire: &mut Vec<u8>,
+    ) -> Result<([u8; 32], bool), StreamError> {
+        let digest = data_digest(offset, data);
+        let start = wire.len();
+        let body = start + RECORD_HEADER_LEN;
+        wire.resize(body, 0);
+        let mut flags = 0;
+        if let Some(level) = self.level {
+            if self.compressor.is_none() {
+                self.compressor = Some(zstd::bulk::Compressor::new(level)?);
+            }
+            let cctx = self.compressor.as_mut().unwrap();
+            wire.reserve(zstd::zstd_safe::compress_bound(data.len()));
+            // The cursor makes zstd write after the record header.
+            let mut cursor = io::Cursor::new(&mut *wire);
+            cursor.set_position(body as u64);
+            let packed = cctx.compress_to_buffer(data, &mut cursor)?;
+            if packed < data.len() {
+                flags = RECORD_FLAG_ZSTD;
+            } else {
+                wire.truncate(body);
+            }
+        }
+        if flags == 0 {
+            wire.extend_from_slice(data);
+        }
+        let header = record_header(TYPE_DATA, flags, offset, data.len() as u64, &wire[body..]);
+        wire[start..body].copy_from_slice(&header);
+        Ok((digest, flags != 0))
+    }
+}
+
+/// Appends a zero record to `wire`; returns its digest.
+pub(super) fn encode_zero(offset: u64, len: u64, wire: &mut Vec<u8>) -> [u8; 32] {
+    wire.extend_from_slice(&record_header(TYPE_ZERO, 0, offset, len, &[]));
+    zero_digest(offset, len)
+}
+
+/// The writer's state: the order of records and the stream digest.
+pub(super) struct WriteState {
+    source_bytes: u64,
+    /// The next record must start at or after this offset.
+    next_min: u64,
+    /// Stream digest over the per-record digests.
+    digest: blake3::Hasher,
+}
+
+impl WriteState {
+    /// Writes the first line and the header.
+    pub(super) fn start(
+        sink: &mut impl Write,
+        opts: &WriterOptions,
+        totals: &mut StreamTotals,
+    ) -> Result<Self, StreamError> {
+        sink.write_all(HANDSHAKE)?;
+        let header = encode_header(
+            opts.source_bytes,
+            opts.chunk_bytes,
+            opts.compress.is_some(),
+            opts.snapback,
+        );
+        sink.write_all(&header)?;
+        totals.wire_bytes = (HANDSHAKE.len() + header.len()) as u64;
+        Ok(WriteState {
+            source_bytes: opts.source_bytes,
+            next_min: 0,
+            digest: blake3::Hasher::new(),
+        })
+    }
+
+    /// Writes a batch of encoded records after checking that they continue the stream in
+    /// increasing, disjoint order inside the source size; nothing is written if they do not.
+    pub(super) fn write(
+        &mut self,
+        sink: &mut impl Write,
+        batch: &EncodedRecords,
+        totals: &mut StreamTotals,
+    ) -> Result<(), StreamError> {
+        let mut next_min = self.next_min;
+        for e in &batch.entries {
+            let end = e.offset + e.len; // checked by the encoder
+            if e.offset < next_min {
+                return Err(StreamError::Invalid(format!(
+                    "record at offset {} is before the end {next_min} of the previous one (format 4 records must be increasing and disjoint)",
+                    e.offset
+                )));
+            }
+            if end > self.source_bytes {
+                return Err(StreamError::Invalid(format!(
+                    "record {}+{} ends past the source size {}",
+                    e.offset, e.len, self.source_bytes
+                )));
+            }
+            next_min = end;
+        }
+        sink.write_all(&batch.wire)?;
+        self.next_min = next_min;
+        for e in &batch.entries {
+            self.digest.update(&e.digest);
+            totals.records += 1;
+            match e.kind {
+                EntryKind::Data => totals.data_bytes += e.len,
+                EntryKind::Zero => totals.zero_bytes += e.len,
+            }
+        }
+        totals.wire_bytes += batch.wire.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the end record.
+    pub(super) fn finish(
+        self,
+        sink: &mut impl Write,
+        totals: &mut StreamTotals,
+    ) -> Result<(), StreamError> {
+        let end = end_record(totals, self.digest.finalize().as_bytes());
+        sink.write_all(&end)?;
+        totals.wire_bytes += end.len() as u64;
+        Ok(())
+    }
+}
+
 /// Reading state of a format 4 stream.
 pub(super) struct ReadState {
+    info: StreamInfo,
     /// Records must start at or after this offset (end of the previous one).
     next_min: u64,
     source_bytes: u64,
@@ -220,7 +376,20 @@ pub(super) enum Found {
 }
 
 impl ReadState {
-    pub(super) fn new(info: &StreamInfo) -> Self {
+    /// Reads and checks the header that follows the first line.
+    pub(super) fn open<R: std::io::Read>(input: &mut Input<R>) -> Result<Self, StreamError> {
+        let at = input.pos;
+        let mut header = [0u8; HEADER_LEN];
+        if input.read_full(&mut header)? < HEADER_LEN {
+            return Err(StreamError::Corrupt(format!(
+                "stream ends inside the format 4 header at byte {} (the header starts at byte {at})",
+                input.pos
+            )));
+        }
+        Ok(ReadState::new(decode_header(&header, at)?))
+    }
+
+    fn new(info: StreamInfo) -> Self {
         ReadState {
             next_min: 0,
             source_bytes: info.source_bytes.unwrap_or(0),
@@ -229,7 +398,12 @@ impl ReadState {
             decompressor: None,
             unpacked: Vec::new(),
             done: false,
+            info,
         }
+    }
+
+    pub(super) fn info(&self) -> &StreamInfo {
+        &self.info
     }
 
     /// Checks that `[offset, offset+len)` is non-empty, inside the source and after the

@@ -1,6 +1,8 @@
 #!/bin/bash
 # build-image.sh - build the LVM test VM image: a stock Debian 12 kernel and an
-# initramfs with busybox, lvm2, dmsetup and thin-provisioning-tools.
+# initramfs with busybox, lvm2, dmsetup, thin-provisioning-tools and mke2fs
+# (e2fsprogs), with the device-mapper (snapshot, thin, log-writes) and ext4
+# modules.
 #
 # Packages are fetched with `apt-get download` (never installed) together with
 # their shared-library closure, unpacked with dpkg -x, and packed into a
@@ -73,7 +75,7 @@ closure() {
 }
 KERNEL_PKG=${KERNEL_PKG:-$(aptc depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')}
 [[ -n $KERNEL_PKG ]] || { log "cannot resolve the kernel package"; exit 1; }
-mapfile -t PKGS < <(closure lvm2 dmsetup thin-provisioning-tools busybox-static | sort -u)
+mapfile -t PKGS < <(closure lvm2 dmsetup thin-provisioning-tools e2fsprogs busybox-static | sort -u)
 PKGS+=("$KERNEL_PKG")
 declare -A VER=()
 while read -r p v; do VER[$p]=$v; done < <(aptc policy "${PKGS[@]}" |
@@ -117,7 +119,7 @@ ROOT=$WORK/root
 rm -rf "$WORK"
 mkdir -p "$ST/k" "$ST/u"
 # kernel subtrees the wanted modules (and their dependencies) come from
-KMOD_DIRS=(drivers/md drivers/virtio drivers/block crypto lib)
+KMOD_DIRS=(drivers/md drivers/virtio drivers/block crypto lib fs/ext4 fs/jbd2 fs/mbcache.ko)
 : > "$WORK/versions.txt"
 for p in "${PKGS[@]}"; do
   deb=$(debfile "$p")
@@ -147,6 +149,7 @@ done
 # replacing busybox applets of the same name
 copy_tool() {
   local d=$1 b=$2 f
+  rm -f "$ROOT/$d/$b"
   cp "$ST/u/$d/$b" "$ROOT/$d/$b"
   for f in "$ST/u/$d"/*; do
     if [[ -L $f && $(readlink "$f") == "$b" ]]; then
@@ -158,6 +161,8 @@ copy_tool() {
 copy_tool sbin lvm
 copy_tool sbin dmsetup
 copy_tool usr/sbin pdata_tools
+copy_tool sbin mke2fs # mkfs.ext4: a journalled file system for the crash-consistency scenario
+cp "$ST/u/etc/mke2fs.conf" "$ROOT/etc/mke2fs.conf"
 
 # shared libraries: recursive DT_NEEDED closure resolved in the staging tree
 declare -A have=()
@@ -174,13 +179,13 @@ add_libs() {
     add_libs "$f"
   done
 }
-for e in "$ROOT/sbin/lvm" "$ROOT/sbin/dmsetup" "$ROOT/usr/sbin/pdata_tools"; do add_libs "$e"; done
+for e in "$ROOT/sbin/lvm" "$ROOT/sbin/dmsetup" "$ROOT/usr/sbin/pdata_tools" "$ROOT/sbin/mke2fs"; do add_libs "$e"; done
 cp -L "$ST/u/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" "$ROOT/lib/x86_64-linux-gnu/"
 ln -s /lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$ROOT/lib64/ld-linux-x86-64.so.2"
 
 # kernel modules: the wanted ones plus their `depends=` from .modinfo (the
 # .deb carries no modules.dep), written in load order
-MODS_WANTED=(virtio_pci virtio_blk loop crc32c_generic dm_mod dm_snapshot dm_thin_pool)
+MODS_WANTED=(virtio_pci virtio_blk loop crc32c_generic dm_mod dm_snapshot dm_thin_pool dm_log_writes ext4)
 declare -A modfile=() modseen=()
 while read -r f; do n=${f##*/}; n=${n%.ko}; modfile[${n//-/_}]=$f; done \
   < <(find "$ST/k/lib/modules/$KVER/kernel" -name '*.ko')

@@ -4,8 +4,8 @@
 #
 # The VM image comes from build-image.sh (cached).  The per-run payload is a
 # second cpio appended to the initramfs: the guest runner, lib.sh, the
-# scenarios, and target/release/lvmsync with any shared library it needs that
-# the image lacks.  Disks: one read-only pattern disk (deterministic data,
+# scenarios, and target/release/lvmsync and replay_log (examples/replay_log.rs)
+# with any shared library they need that the image lacks.  Disks: one read-only pattern disk (deterministic data,
 # generated once on the host), VMTEST_NSCRATCH scratch disks (sparse, fresh
 # every run) and an output disk onto which the guest writes a tar of results.
 #
@@ -21,6 +21,9 @@
 #                               else TCG
 #   VMTEST_LVMSYNC=PATH         binary to test (default: cargo build --release and
 #                               use target/release/lvmsync; VMTEST_LVMSYNC=none: none)
+#   VMTEST_REPLAY_LOG=PATH      the dm-log-writes replayer examples/replay_log.rs (default:
+#                               built like lvmsync, target/release/examples/replay_log;
+#                               none: none)
 #   VMTEST_OUT=DIR              results folder
 #   VMTEST_SCENARIO_DIR=DIR     where NAME.sh files are (default tests/vm/scenarios)
 #   VMTEST_SHOW=1               stream the scenarios' output to the terminal
@@ -72,12 +75,18 @@ if ! command -v python3 > /dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3 > /dev/null
 fi
 LVMSYNC=${VMTEST_LVMSYNC:-}
-if [[ -z $LVMSYNC ]]; then
-  log "cargo build --release"
-  (cd "$REPO" && cargo build --release --quiet --bin lvmsync)
-  LVMSYNC=$REPO/target/release/lvmsync
+REPLAY_LOG=${VMTEST_REPLAY_LOG:-}
+build=()
+[[ -n $LVMSYNC ]] || build+=(--bin lvmsync)
+[[ -n $REPLAY_LOG ]] || build+=(--example replay_log)
+if ((${#build[@]})); then
+  log "cargo build --release ${build[*]}"
+  (cd "$REPO" && cargo build --release --quiet "${build[@]}")
 fi
+LVMSYNC=${LVMSYNC:-$REPO/target/release/lvmsync}
+REPLAY_LOG=${REPLAY_LOG:-$REPO/target/release/examples/replay_log}
 [[ $LVMSYNC == none || -x $LVMSYNC ]] || { log "lvmsync binary $LVMSYNC missing"; exit 2; }
+[[ $REPLAY_LOG == none || -x $REPLAY_LOG ]] || { log "replay_log binary $REPLAY_LOG missing"; exit 2; }
 
 # ------------------------------------------------------------ pattern disk
 # 128 MiB, generated once and cached.  MiB 0-63: seeded pseudo-random data in
@@ -120,30 +129,31 @@ run_one_vm() {
     echo "VMTEST_CMD_TIMEOUT=${VMTEST_CMD_TIMEOUT:-120}"
     echo "VMTEST_SHOW=${VMTEST_SHOW:-0}"
   } > "$PAY/vmtest/config"
-  if [[ $LVMSYNC != none ]]; then
-    # debug info only makes the initramfs bigger (slower to unpack)
-    objcopy --strip-debug "$LVMSYNC" "$PAY/usr/bin/lvmsync"
-    # shared libraries the binary needs that the image lacks, from this host
-    # (same Debian release as the image)
-    declare -A seen=()
-    add_host_libs() {
-      local n f d
-      for n in $(readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
-        [[ -n ${seen[$n]:-} ]] && continue
-        seen[$n]=1
-        grep -qx "$n" "$IMG/libs.txt" && continue
-        f=
-        for d in /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /lib64 /usr/lib64; do
-          [[ -e $d/$n ]] && { f=$d/$n; break; }
-        done
-        [[ -n $f ]] || { log "library $n needed by $1 not found on this host"; exit 2; }
-        cp -L "$f" "$PAY/lib/x86_64-linux-gnu/$n"
-        log "adding host library $n"
-        add_host_libs "$f"
+  # shared libraries the binaries need that the image lacks, from this host
+  # (same Debian release as the image)
+  declare -A seen=()
+  add_host_libs() {
+    local n f d
+    for n in $(readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+      [[ -n ${seen[$n]:-} ]] && continue
+      seen[$n]=1
+      grep -qx "$n" "$IMG/libs.txt" && continue
+      f=
+      for d in /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /lib64 /usr/lib64; do
+        [[ -e $d/$n ]] && { f=$d/$n; break; }
       done
-    }
-    add_host_libs "$LVMSYNC"
-  fi
+      [[ -n $f ]] || { log "library $n needed by $1 not found on this host"; exit 2; }
+      cp -L "$f" "$PAY/lib/x86_64-linux-gnu/$n"
+      log "adding host library $n"
+      add_host_libs "$f"
+    done
+  }
+  for bin in "lvmsync=$LVMSYNC" "replay_log=$REPLAY_LOG"; do
+    [[ ${bin#*=} == none ]] && continue
+    # debug info only makes the initramfs bigger (slower to unpack)
+    objcopy --strip-debug "${bin#*=}" "$PAY/usr/bin/${bin%%=*}"
+    add_host_libs "${bin#*=}"
+  done
   INITRD=$OUT/disks/initramfs+payload.cpio
   cp "$IMG/initramfs.cpio" "$INITRD"
   (cd "$PAY" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >> "$INITRD"
@@ -260,7 +270,7 @@ run_vms_in_parallel() {
   for ((k = 0; k < JOBS; k++)); do
     part=()
     for ((i = k; i < ${#names[@]}; i += JOBS)); do part+=("${names[i]}"); done
-    VMTEST_JOBS=1 VMTEST_OUT=$OUT/job$k VMTEST_LVMSYNC=$LVMSYNC "$0" "${part[@]}" > "$OUT/job$k.log" 2>&1 &
+    VMTEST_JOBS=1 VMTEST_OUT=$OUT/job$k VMTEST_LVMSYNC=$LVMSYNC VMTEST_REPLAY_LOG=$REPLAY_LOG "$0" "${part[@]}" > "$OUT/job$k.log" 2>&1 &
     pids+=($!)
   done
   qrc=0

@@ -65,6 +65,17 @@ const _: () = assert!(
         < v4::MAX_SNAPBACK_TAIL
 );
 
+/// The bytes a batch holds: [`BATCH_HELD_BYTES`], or less with `LVMSYNC_TEST_BATCH_BYTES`. A
+/// test knob, not an option: the crash-consistency VM scenario makes batches small so that a
+/// stream small enough for an emulated machine spans many batches (and so many snapback syncs).
+fn batch_held_bytes() -> usize {
+    std::env::var("LVMSYNC_TEST_BATCH_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0 && n < BATCH_HELD_BYTES)
+        .unwrap_or(BATCH_HELD_BYTES)
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyOptions {
     /// Save the overwritten contents here.
@@ -170,6 +181,7 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
                 full_tx: &full_tx,
                 pool_rx: &pool_rx,
                 keep_snapback,
+                held_bytes: batch_held_bytes(),
             };
             let mut interrupted = None;
             loop {
@@ -265,6 +277,8 @@ struct Filler<'a> {
     full_tx: &'a Sender<Batch>,
     pool_rx: &'a Receiver<Batch>,
     keep_snapback: bool,
+    /// Bytes a batch holds before it is handed over.
+    held_bytes: usize,
 }
 
 impl Filler<'_> {
@@ -294,8 +308,9 @@ impl Filler<'_> {
                 }
             }
         }
+        let held_bytes = self.held_bytes;
         let batch = self.batch();
-        if batch.held >= BATCH_HELD_BYTES || batch.ops.len() >= BATCH_RECORDS {
+        if batch.held >= held_bytes || batch.ops.len() >= BATCH_RECORDS {
             self.hand_over()?;
         }
         Ok(())
@@ -304,8 +319,9 @@ impl Filler<'_> {
     /// Hands the batch over first if the piece would overlap it (overlapping records must land
     /// in stream order) or would not fit.
     fn make_room(&mut self, offset: u64, len: u64) -> Result<()> {
+        let held_bytes = self.held_bytes;
         let batch = self.batch();
-        if batch.overlaps(offset, len) || batch.held >= BATCH_HELD_BYTES {
+        if batch.overlaps(offset, len) || batch.held >= held_bytes {
             self.hand_over()?;
         }
         Ok(())

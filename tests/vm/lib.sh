@@ -14,6 +14,9 @@
 #   check_files_eq WHAT GOT WANT  compare two text files (diff shown on mismatch)
 #   make_vg NAME [NDISKS]       pvcreate + vgcreate on fresh scratch disk(s)
 #                               (always use it: the runner cleans up its VGs)
+#   claim_disk VAR              set VAR to a fresh scratch disk for raw use (never
+#                               one make_vg took or will take)
+#   dm_create NAME TABLE        dmsetup create, and the /dev/mapper/NAME node (no udev)
 #   fill_pattern DEV SIZE SEED  write SIZE (e.g. 32M) of deterministic data
 #   patterned_lvs VG SIZE SEED LV...  linear LVs of SIZE, each filled by fill_pattern
 #   thin_origin VG POOL_SIZE MAPPED SEED  thin pool VG/pool (64 KiB blocks) and a 32 MiB thin LV
@@ -131,6 +134,22 @@ make_vg() {
   # shellcheck disable=SC2086
   run vgcreate "$_vg" $_disks
   echo "$_vg" >> /run/vmtest-vgs # the runner removes /dev/$_vg afterwards
+}
+
+claim_disk() {
+  touch "$_claimed"
+  for _d in $VMTEST_SCRATCH; do
+    grep -qx "$_d" "$_claimed" && continue
+    echo "$_d" >> "$_claimed"
+    eval "$1=\$_d"
+    return 0
+  done
+  fail "claim_disk: no free scratch disk"
+}
+
+dm_create() {
+  run dmsetup create "$1" --table "$2"
+  run dmsetup mknodes "$1"
 }
 
 # SIZE bytes (a whole number of MiB) from the pattern disk, starting SEED MiB in

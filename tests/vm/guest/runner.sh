@@ -70,7 +70,12 @@ export VMTEST_PATTERN VMTEST_SCRATCH VMTEST_EXPORT
 # also overwritten in case discard is unsupported).  device-mapper is asked
 # directly: an LVM command costs about a second under TCG.
 reset_state() {
+  # file systems a scenario left mounted (killed before it could unmount them)
+  for m in $(awk '$1 ~ "^/dev/(mapper/|dm-|vd)" { print $2 }' /proc/mounts | sort -r); do
+    timeout 60 umount "$m" || timeout 60 umount -l "$m"
+  done
   timeout 60 dmsetup remove_all --force
+  timeout 60 dmsetup mknodes # removes the /dev/mapper nodes of devices gone
   losetup -D 2> /dev/null
   for d in $VMTEST_SCRATCH; do
     timeout 60 blkdiscard "$d" 2> /dev/null

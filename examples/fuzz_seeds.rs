@@ -279,6 +279,81 @@ fn thin_input(image: &[u8], flags: u8, ids: (u64, u64)) -> Res<Vec<u8>> {
     Ok(out)
 }
 
+fn le32(b: &[u8], at: usize) -> usize {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// Writes a btree node (8-byte values) at block `nr` of `image`, sealed as the kernel does.
+fn put_node(image: &mut [u8], nr: u64, leaf: bool, keys: &[u64], vals: &[u64]) {
+    let max = (THIN_BLOCK - 32) / 16;
+    let b = &mut image[nr as usize * THIN_BLOCK..(nr as usize + 1) * THIN_BLOCK];
+    b.fill(0);
+    b[4..8].copy_from_slice(&(if leaf { 2u32 } else { 1 }).to_le_bytes());
+    b[8..16].copy_from_slice(&nr.to_le_bytes());
+    b[16..20].copy_from_slice(&(keys.len() as u32).to_le_bytes());
+    b[20..24].copy_from_slice(&(max as u32).to_le_bytes());
+    b[24..28].copy_from_slice(&8u32.to_le_bytes());
+    for (i, (k, v)) in keys.iter().zip(vals).enumerate() {
+        b[32 + 8 * i..40 + 8 * i].copy_from_slice(&k.to_le_bytes());
+        b[32 + 8 * (max + i)..40 + 8 * (max + i)].copy_from_slice(&v.to_le_bytes());
+    }
+    let csum = !crc32c::crc32c(&b[4..]) ^ 121_107;
+    b[..4].copy_from_slice(&csum.to_le_bytes());
+}
+
+/// The fixtures' device trees are single leaves. This splits each device's leaf into leaves of
+/// at most 16 entries under a new internal root, cut at the same keys in every device, and the
+/// devices share the leaves that are equal (as a snapshot shares what neither device changed),
+/// so that the seeds reach the internal-node and shared-subtree paths of the delta.
+fn split_device_trees(image: &mut [u8]) {
+    let node = |image: &[u8], nr: u64| {
+        let b = &image[nr as usize * THIN_BLOCK..(nr as usize + 1) * THIN_BLOCK];
+        let (n, max) = (le32(b, 16), le32(b, 20));
+        let keys: Vec<u64> = (0..n).map(|i| le64(b, 32 + 8 * i)).collect();
+        let vals: Vec<u64> = (0..n).map(|i| le64(b, 32 + 8 * (max + i))).collect();
+        (le32(b, 4) == 2, keys, vals)
+    };
+    let top = le64(image, 320);
+    let (_, devs, mut roots) = node(image, top);
+    let leaves: Vec<_> = roots.iter().map(|&r| node(image, r)).collect();
+    let pivots: Vec<u64> = leaves[0].1.iter().step_by(16).skip(1).copied().collect();
+    let mut free = (image.len() / THIN_BLOCK) as u64 - 1;
+    let mut made: Vec<(Vec<u64>, Vec<u64>, u64)> = Vec::new();
+    for (root, (leaf, keys, vals)) in roots.iter_mut().zip(leaves) {
+        if !leaf {
+            continue;
+        }
+        let mut cuts = vec![0];
+        cuts.extend(pivots.iter().map(|&p| keys.partition_point(|&k| k < p)));
+        cuts.push(keys.len());
+        cuts.dedup();
+        let (mut child_keys, mut children) = (Vec::new(), Vec::new());
+        for w in cuts.windows(2) {
+            let (k, v) = (&keys[w[0]..w[1]], &vals[w[0]..w[1]]);
+            let shared = made.iter().find(|m| m.0 == k && m.1 == v).map(|m| m.2);
+            let block = shared.unwrap_or_else(|| {
+                put_node(image, free, true, k, v);
+                made.push((k.to_vec(), v.to_vec(), free));
+                free -= 1;
+                free + 1
+            });
+            child_keys.push(k[0]);
+            children.push(block);
+        }
+        if children.len() < 2 {
+            continue;
+        }
+        put_node(image, free, false, &child_keys, &children);
+        *root = free;
+        free -= 1;
+    }
+    put_node(image, top, true, &devs, &roots);
+}
+
 fn thin_metadata(seeds: &mut Seeds) -> Res<()> {
     // Device 1 is the origin, 2 its snapshot, in every fixture.
     for (name, rel, flags) in [
@@ -286,8 +361,13 @@ fn thin_metadata(seeds: &mut Seeds) -> Res<()> {
         ("captured", "captured/thin/tmeta.img.gz", 0),
         ("captured-held", "captured/thin/tmeta-held.img.gz", 2),
     ] {
-        let image = gunzip(rel)?;
+        let mut image = gunzip(rel)?;
         seeds.put("thin_metadata", name, &thin_input(&image, flags, (2, 1))?)?;
+        if flags == 0 {
+            split_device_trees(&mut image);
+            let split = format!("{name}-split");
+            seeds.put("thin_metadata", &split, &thin_input(&image, flags, (2, 1))?)?;
+        }
     }
     Ok(())
 }

@@ -32,8 +32,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
@@ -41,6 +41,7 @@ use crate::blockdev::{
     direct_aligned, direct_io_override, read_full_at, AlignedVec, Device, DeviceKind, DIRECT_ALIGN,
 };
 use crate::error::{Error, IoContext, Result};
+use crate::parallel;
 use crate::stream::{
     v4, Format, Record, StreamError, StreamInfo, StreamReader, StreamTotals, StreamWriter,
     WriterOptions,
@@ -401,36 +402,6 @@ impl Target {
     }
 }
 
-/// Runs `work` on every item with up to [`QUEUE_DEPTH`] threads; the first error wins.
-fn in_parallel<T: Send>(items: Vec<T>, work: impl Fn(T) -> Result<()> + Sync) -> Result<()> {
-    let threads = items.len().min(QUEUE_DEPTH);
-    if threads <= 1 {
-        return items.into_iter().try_for_each(work);
-    }
-    let queue = Mutex::new(items.into_iter());
-    let failed = AtomicBool::new(false);
-    let first_error = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                while !failed.load(Ordering::Relaxed) {
-                    let Some(item) = queue.lock().unwrap().next() else {
-                        break;
-                    };
-                    if let Err(e) = work(item) {
-                        failed.store(true, Ordering::Relaxed);
-                        first_error.lock().unwrap().get_or_insert(e);
-                    }
-                }
-            });
-        }
-    });
-    match first_error.into_inner().unwrap() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
 /// Ranges already written in this apply, to refuse overlapping records when a snapback must be
 /// exact (lvmsync's own streams are always disjoint).
 #[derive(Default)]
@@ -653,7 +624,7 @@ impl Batch {
     /// Writes the batch onto the destination, many writes in flight, and empties it.
     fn write(&mut self, target: &Target) -> Result<()> {
         let this = &*self;
-        in_parallel(self.ops.clone(), |op| match op {
+        parallel::for_each(self.ops.clone(), QUEUE_DEPTH, |op| match op {
             Op::Data { offset, at, len } => target.write(offset, this.bytes(at, len)),
             Op::Zero { offset, len } => target.zero(offset, len),
         })?;
@@ -685,7 +656,9 @@ impl Batch {
             *rest = tail;
             pieces.push((offset, piece));
         }
-        in_parallel(pieces, |(offset, buf)| target.read_old(offset, buf))?;
+        parallel::for_each(pieces, QUEUE_DEPTH, |(offset, buf)| {
+            target.read_old(offset, buf)
+        })?;
         Ok(old_at)
     }
 }

@@ -18,6 +18,7 @@ pub mod extent;
 pub mod fuzzing;
 pub mod lvm;
 pub mod msg;
+pub mod parallel;
 pub mod send;
 pub mod source;
 pub mod stream;

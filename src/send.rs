@@ -11,27 +11,27 @@
 //! - the calling thread writes the encoded groups in offset order.
 //!
 //! Memory is bounded by a fixed set of slots (read buffer plus encoded records), reused for
-//! every task: a thread takes a free slot before it claims the next task, so the oldest task in
-//! flight always holds a slot and the pipeline cannot deadlock.
+//! every task ([`parallel::in_order`]: a thread takes a free slot before it claims the next
+//! task, so the oldest task in flight always holds a slot and the pipeline cannot deadlock).
 //!
 //! When every data piece is aligned to [`DIRECT_ALIGN`] and the source is a block device, reads
 //! use O_DIRECT into aligned buffers: no page-cache copy and no cache pollution. Image files are
 //! read through the page cache (their pages may well be cached); `LVMSYNC_DIRECT_IO=on|off`
 //! overrides the choice.
 
-use std::collections::BTreeMap;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::bounded;
 
 use crate::blockdev::{
     direct_io_override, read_full_at, AlignedBuf, Device, DeviceKind, DIRECT_ALIGN,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::extent::{Extent, ExtentKind};
+use crate::parallel;
 use crate::source::ChangeSet;
 use crate::stream::{
     EncodedRecords, Format, RecordEncoder, StreamTotals, StreamWriter, WriterOptions,
@@ -194,8 +194,6 @@ struct Slot {
     encoded: EncodedRecords,
 }
 
-type Done = (usize, Slot, Result<()>);
-
 /// Reads and encodes every group with up to `depth` reads in flight, and hands the encoded
 /// groups to `write` in order.
 fn run_pipeline(
@@ -207,78 +205,31 @@ fn run_pipeline(
     encoders: Vec<RecordEncoder>,
     mut write: impl FnMut(&EncodedRecords) -> Result<()>,
 ) -> Result<()> {
-    if groups.is_empty() {
-        return Ok(());
-    }
-    let slots = (depth * 2).min(groups.len() + depth);
-    let (free_tx, free_rx): (Sender<Slot>, Receiver<Slot>) = bounded(slots);
-    for _ in 0..slots {
-        free_tx
-            .send(Slot {
-                buf: None,
-                encoded: EncodedRecords::new(),
-            })
-            .unwrap();
-    }
     let (enc_tx, enc_rx) = bounded::<RecordEncoder>(encoders.len());
     for e in encoders {
         enc_tx.send(e).unwrap();
     }
-    let (done_tx, done_rx) = bounded::<Done>(slots);
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        for _ in 0..depth.min(groups.len()) {
-            let (free_rx, done_tx, enc_tx, enc_rx) = (
-                free_rx.clone(),
-                done_tx.clone(),
-                enc_tx.clone(),
-                enc_rx.clone(),
-            );
-            let (next, stop) = (&next, &stop);
-            scope.spawn(move || {
-                while let Ok(mut slot) = free_rx.recv() {
-                    let g = next.fetch_add(1, Ordering::SeqCst);
-                    if g >= groups.len() || stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let group = &pieces[groups[g].clone()];
-                    let res = read_group(dev, path, group, &mut slot).and_then(|()| {
-                        let mut enc = enc_rx.recv().expect("encoders are always returned");
-                        let res = encode_group(&mut enc, group, &mut slot);
-                        let _ = enc_tx.send(enc);
-                        res
-                    });
-                    if done_tx.send((g, slot, res)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(done_tx);
-        let result = (|| {
-            let mut waiting: BTreeMap<usize, Slot> = BTreeMap::new();
-            let mut expect = 0;
-            while expect < groups.len() {
-                let (g, slot, res) = done_rx
-                    .recv()
-                    .map_err(|_| Error::Invalid("reader threads ended early".into()))?;
-                res?;
-                waiting.insert(g, slot);
-                while let Some(slot) = waiting.remove(&expect) {
-                    write(&slot.encoded)?;
-                    let _ = free_tx.send(slot);
-                    expect += 1;
-                }
-            }
-            Ok(())
-        })();
-        stop.store(true, Ordering::Relaxed);
-        // Wake readers blocked on a slot or on a full result channel so the scope can end.
-        drop(free_tx);
-        drop(done_rx);
-        result
-    })
+    let slots = (depth * 2).min(groups.len() + depth);
+    parallel::in_order(
+        groups.len(),
+        depth,
+        (0..slots).map(|_| Slot {
+            buf: None,
+            encoded: EncodedRecords::new(),
+        }),
+        |g, slot| {
+            let group = &pieces[groups[g].clone()];
+            read_group(dev, path, group, slot)?;
+            let mut enc = enc_rx.recv().expect("encoders are always returned");
+            let res = encode_group(&mut enc, group, slot);
+            let _ = enc_tx.send(enc);
+            res
+        },
+        |_, slot| {
+            write(&slot.encoded)?;
+            Ok(ControlFlow::Continue(()))
+        },
+    )
 }
 
 /// Reads the data pieces of a group one after the other into the slot's buffer.

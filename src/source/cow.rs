@@ -12,17 +12,15 @@
 //! `old_chunk` is the chunk of the origin whose original content was saved: exactly the chunks
 //! written since the snapshot was taken.
 
-use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use crossbeam_channel::bounded;
 
 use crate::blockdev::{read_full_at, AlignedBuf, Device};
 use crate::error::{Error, IoContext, Result};
 use crate::extent::ExtentList;
+use crate::parallel;
 use crate::source::ChangeSet;
 
 pub const SNAP_MAGIC: u32 = 0x7041_6e53;
@@ -133,7 +131,8 @@ impl ExceptionStore {
     ///
     /// Metadata areas are one chunk each, a data area apart: one small read per area. A large
     /// table means thousands of them, so up to [`AREA_READS_IN_FLIGHT`] are read at once (a
-    /// little past the end of the table at most), and parsed in order.
+    /// little past the end of the table at most), and parsed in order
+    /// ([`parallel::in_order`]).
     pub fn old_chunks(&self) -> Result<Vec<u64>> {
         let cb = self.chunk_bytes();
         let per_area = cb / EXCEPTION_BYTES;
@@ -143,60 +142,24 @@ impl ExceptionStore {
         if areas == 0 {
             return Err(cow_err(&self.path, "no metadata area after the header"));
         }
-        let next = AtomicU64::new(0);
-        let stop = AtomicBool::new(false);
         let threads = AREA_READS_IN_FLIGHT.min(areas as usize);
-        let (done_tx, done_rx) = bounded::<(u64, Result<AlignedBuf>)>(threads * 2);
-        let (free_tx, free_rx) = bounded::<AlignedBuf>(threads * 2);
-        for _ in 0..threads * 2 {
-            free_tx.send(AlignedBuf::new(cb as usize)).unwrap();
-        }
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                let (done_tx, free_rx, next, stop) =
-                    (done_tx.clone(), free_rx.clone(), &next, &stop);
-                scope.spawn(move || {
-                    // A buffer first, then an area: the next area to parse always has a buffer.
-                    while let Ok(mut buf) = free_rx.recv() {
-                        let area = next.fetch_add(1, Ordering::SeqCst);
-                        if area >= areas || stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let res = self.read_area(area, cb, per_area, &mut buf).map(|()| buf);
-                        if done_tx.send((area, res)).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            drop(done_tx);
-            let result = (|| {
-                let mut chunks = Vec::new();
-                let mut waiting = BTreeMap::new();
-                for area in 0..areas {
-                    let buf = loop {
-                        if let Some(buf) = waiting.remove(&area) {
-                            break buf;
-                        }
-                        let (a, res) = done_rx
-                            .recv()
-                            .map_err(|_| cow_err(&self.path, "area readers ended early"))?;
-                        waiting.insert(a, res?);
-                    };
-                    let full = self.parse_area(area, buf.as_slice(), store_chunks, &mut chunks)?;
-                    let _ = free_tx.send(buf);
-                    if !full {
-                        return Ok(chunks);
-                    }
-                }
-                // The last area was full and the device ends after it: end of the table.
-                Ok(chunks)
-            })();
-            stop.store(true, Ordering::Relaxed);
-            drop(free_tx);
-            drop(done_rx);
-            result
-        })
+        let mut chunks = Vec::new();
+        parallel::in_order(
+            areas as usize,
+            threads,
+            (0..threads * 2).map(|_| AlignedBuf::new(cb as usize)),
+            |area, buf| self.read_area(area as u64, cb, per_area, buf),
+            |area, buf| {
+                let full =
+                    self.parse_area(area as u64, buf.as_slice(), store_chunks, &mut chunks)?;
+                // The table ends in the first area that is not full, or with the device.
+                Ok(match full {
+                    true => ControlFlow::Continue(()),
+                    false => ControlFlow::Break(()),
+                })
+            },
+        )?;
+        Ok(chunks)
     }
 
     fn read_area(&self, area: u64, cb: u64, per_area: u64, buf: &mut AlignedBuf) -> Result<()> {

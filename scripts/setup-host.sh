@@ -5,6 +5,7 @@ set -euo pipefail
 pkgs=(
   util-linux                # losetup, blkdiscard: loop-device tests
   thin-provisioning-tools   # thin_restore / thin_delta: oracle for the thin metadata reader
+  dmsetup                   # the thin guard's test runs it when it is not on PATH
   openssh-server openssh-client  # remote sync tests against a real sshd on loopback
   qemu-system-x86 busybox-static cpio binutils xz-utils  # the real-LVM test VM
   gcc pkg-config            # zstd-sys builds C

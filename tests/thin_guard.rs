@@ -344,3 +344,40 @@ fn signals_ignored_at_start_stay_ignored() {
     assert_eq!(child.wait().unwrap().code(), Some(128 + libc::SIGTERM));
     assert_eq!(state(pool), "-");
 }
+
+/// With a PATH that lacks it (cron runs jobs with PATH=/usr/bin:/bin), dmsetup is still found
+/// where admin tools live, as LVM discovery finds it: reserving runs it and reports what it said.
+#[test]
+fn dmsetup_is_found_without_it_on_path() {
+    if let Ok(pool) = std::env::var("LVMSYNC_GUARD_RESERVE_POOL") {
+        let err = MetadataSnapGuard::reserve(&pool).unwrap_err();
+        println!("reserve: {err}");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "dmsetup_is_found_without_it_on_path",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PATH", "/nonexistent")
+        .env("LVMSYNC_GUARD_RESERVE_POOL", "lvmsync-test-no-such-pool")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let said = stdout
+        .lines()
+        .find_map(|l| l.split_once("reserve: "))
+        .map(|(_, said)| said)
+        .unwrap_or_else(|| panic!("the child did not try to reserve: {stdout}"));
+    // The system's dmsetup ran (and failed: there is no such pool).
+    assert!(
+        said.starts_with("`dmsetup status lvmsync-test-no-such-pool` failed: "),
+        "{said}"
+    );
+    assert!(
+        !said.contains("No such file or directory (os error 2)"),
+        "{said}"
+    );
+}

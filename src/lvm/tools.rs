@@ -1,11 +1,12 @@
 //! Running LVM and device-mapper tools, and reading device facts from the kernel.
 //!
 //! Discovery asks everything through [`Tools`], so it can be tested with outputs captured from
-//! real LVM; [`SystemTools`] is the implementation that runs the commands.
+//! real LVM; [`SystemTools`] is the implementation that runs the commands. [`run_tool`] runs
+//! every tool, for discovery and for the thin pool's metadata snapshot guard alike.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 
 use super::DevNum;
 use crate::error::Error;
@@ -60,32 +61,56 @@ fn tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-fn run(name: &str, args: &[&str]) -> Result<String, Error> {
-    let program = tool(name);
-    let shown = format!("{name} {}", args.join(" "));
-    let out = Command::new(&program)
+/// How running an admin tool failed.
+#[derive(Debug)]
+pub enum ToolFailure {
+    /// It could not be started.
+    Spawn(io::Error),
+    /// It ran and exited unsuccessfully.
+    Exit { status: ExitStatus, stderr: String },
+}
+
+/// Runs an admin tool (`lvs`, `dmsetup`), found on `PATH` or in the sbin directories, in the C
+/// locale and without LVM's warnings about inherited descriptors; returns its standard output.
+/// Every tool lvmsync runs goes through here.
+pub fn run_tool(name: &str, args: &[&str]) -> Result<Vec<u8>, ToolFailure> {
+    let out = Command::new(tool(name))
         .args(args)
         .env("LVM_SUPPRESS_FD_WARNINGS", "1")
         .env("LC_ALL", "C")
         .output()
-        .map_err(|e| {
+        .map_err(ToolFailure::Spawn)?;
+    if !out.status.success() {
+        return Err(ToolFailure::Exit {
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+/// [`run_tool`] for discovery: its output as text, a failure as an [`Error`] with the last
+/// line the tool said.
+fn run(name: &str, args: &[&str]) -> Result<String, Error> {
+    let shown = format!("{name} {}", args.join(" "));
+    let stdout = run_tool(name, args).map_err(|failure| match failure {
+        ToolFailure::Spawn(e) => {
             let hint = if e.kind() == io::ErrorKind::NotFound {
                 " (is lvm2/dmsetup installed?)"
             } else {
                 ""
             };
             Error::io(format!("cannot run {name}{hint}"), e)
-        })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let detail = stderr.trim().lines().last().unwrap_or("").trim();
-        return Err(Error::Invalid(format!(
-            "`{shown}` failed ({}){}{detail}",
-            out.status,
-            if detail.is_empty() { "" } else { ": " }
-        )));
-    }
-    String::from_utf8(out.stdout)
+        }
+        ToolFailure::Exit { status, stderr } => {
+            let detail = stderr.trim().lines().last().unwrap_or("").trim();
+            Error::Invalid(format!(
+                "`{shown}` failed ({status}){}{detail}",
+                if detail.is_empty() { "" } else { ": " }
+            ))
+        }
+    })?;
+    String::from_utf8(stdout)
         .map_err(|_| Error::Invalid(format!("`{shown}` printed something that is not UTF-8")))
 }
 

@@ -10,11 +10,13 @@
 //!
 //! A snapshot that was already held before lvmsync asked belongs to someone else (thin_dump,
 //! a backup tool...): lvmsync refuses to use it and never releases it.
+//!
+//! `dmsetup` is run like every other tool, by [`crate::lvm::tools::run_tool`].
 
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use super::ThinError;
+use crate::lvm::tools::{run_tool, ToolFailure};
 
 /// The parts of a thin-pool status line lvmsync uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,27 +78,19 @@ pub fn parse_pool_status(pool: &str, text: &str) -> Result<PoolStatus, ThinError
     })
 }
 
-/// Runs `dmsetup ARGS`, returning its stdout.
+/// Runs `dmsetup ARGS`, returning its stdout. A failure says the whole of dmsetup's stderr: the
+/// kernel's reason is on its first line (`Device or resource busy`), `Command failed.` last.
 fn dmsetup(args: &[&str]) -> Result<String, ThinError> {
     let command = format!("dmsetup {}", args.join(" "));
-    let out = Command::new("dmsetup")
-        .args(args)
-        .output()
-        .map_err(|e| ThinError::Dmsetup {
-            command: command.clone(),
-            message: e.to_string(),
-        })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(ThinError::Dmsetup {
-            command,
-            message: match stderr.trim() {
-                "" => out.status.to_string(),
-                s => s.to_string(),
-            },
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let message = match run_tool("dmsetup", args) {
+        Ok(stdout) => return Ok(String::from_utf8_lossy(&stdout).into_owned()),
+        Err(ToolFailure::Spawn(e)) => e.to_string(),
+        Err(ToolFailure::Exit { status, stderr }) => match stderr.trim() {
+            "" => status.to_string(),
+            s => s.to_string(),
+        },
+    };
+    Err(ThinError::Dmsetup { command, message })
 }
 
 fn pool_status(pool: &str) -> Result<PoolStatus, ThinError> {

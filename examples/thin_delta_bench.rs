@@ -12,15 +12,15 @@
 //!   thin_delta_bench check META SNAP ORIGIN THIN_DELTA_XML
 //!       compares the native delta with thin_delta's output; exits 1 when they differ.
 
-#[path = "../tests/thin_support/mod.rs"]
-mod thin_support;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
+use common::thin::{dump_xml, parse_thin_delta, CowEditor, DeviceMap, Rng};
 use lvmsync::source::thin::{self, MetadataRoot};
-use thin_support::{dump_xml, parse_thin_delta, CowEditor, DeviceMap, Rng};
 
 fn base_device(mappings: u64, rng: &mut Rng) -> (DeviceMap, u64) {
     let mut map = DeviceMap::new();

@@ -2,43 +2,34 @@
 //! with the offline change source (a classic exception-store image captured from LVM 2.03.16)
 //! and image files as origin and destination.
 
-mod ssh_fixture;
+mod common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ssh_fixture::Sshd;
+use common::sshd::Sshd;
 
 const LVMSYNC: &str = env!("CARGO_BIN_EXE_lvmsync");
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/lvm-2.03.16/classic")
-        .join(name)
-}
-
-fn gunzip(name: &str, to: &Path) {
-    let mut data = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(fixture(name)).unwrap())
-        .read_to_end(&mut data)
-        .unwrap();
-    std::fs::write(to, data).unwrap();
-}
 
 /// The captured classic snapshot: its exception store, the origin after the writes (data
 /// source), and the origin as it was at snapshot time (what a destination starts as).
 struct Images {
     dir: tempfile::TempDir,
+    cow: PathBuf,
+    before: PathBuf,
+    after: PathBuf,
 }
 
 impl Images {
     fn new() -> Images {
         let dir = tempfile::tempdir().unwrap();
-        gunzip("snap-cow.img.gz", &dir.path().join("cow.img"));
-        gunzip("origin-after.img.gz", &dir.path().join("after.img"));
-        gunzip("origin-before.img.gz", &dir.path().join("before.img"));
-        Images { dir }
+        let (cow, before, after) = common::classic_fixture(dir.path());
+        Images {
+            dir,
+            cow,
+            before,
+            after,
+        }
     }
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -46,7 +37,7 @@ impl Images {
     /// A fresh destination holding the origin as it was at snapshot time.
     fn destination(&self, name: &str) -> PathBuf {
         let p = self.path(name);
-        std::fs::copy(self.path("before.img"), &p).unwrap();
+        common::copy(&self.before, &p);
         p
     }
 }
@@ -56,9 +47,9 @@ fn lvmsync(sshd: &Sshd, extra: &[&str], dest: &str, images: &Images) -> Output {
     cmd.args(["-e", &sshd.rsh(), "--remote-path", LVMSYNC])
         .args(extra)
         .arg("--cow")
-        .arg(images.path("cow.img"))
+        .arg(&images.cow)
         .arg("--data-source")
-        .arg(images.path("after.img"))
+        .arg(&images.after)
         .arg(format!("127.0.0.1:{dest}"));
     cmd.output().unwrap()
 }
@@ -70,10 +61,6 @@ fn assert_success(out: &Output) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
 }
 
 #[test]
@@ -90,7 +77,7 @@ fn sync_over_ssh_in_both_formats() {
         );
         assert_success(&out);
         assert!(
-            same_file(&dest, &images.path("after.img")),
+            common::same(&dest, &images.after),
             "format {format}: destination differs from the origin"
         );
     }
@@ -107,7 +94,7 @@ fn destination_with_shell_characters_runs_nothing() {
     let dest = images.destination(&name);
     let out = lvmsync(&sshd, &[], dest.to_str().unwrap(), &images);
     assert_success(&out);
-    assert!(same_file(&dest, &images.path("after.img")));
+    assert!(common::same(&dest, &images.after));
     let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
     for dir in [home.as_path(), images.dir.path(), Path::new("/")] {
         assert!(
@@ -130,7 +117,7 @@ fn snapback_is_written_on_the_remote_side_and_rolls_back() {
         &images,
     );
     assert_success(&out);
-    assert!(same_file(&dest, &images.path("after.img")));
+    assert!(common::same(&dest, &images.after));
     let out = Command::new(LVMSYNC)
         .arg("--apply")
         .arg(&snapback)
@@ -138,7 +125,7 @@ fn snapback_is_written_on_the_remote_side_and_rolls_back() {
         .output()
         .unwrap();
     assert_success(&out);
-    assert!(same_file(&dest, &images.path("before.img")));
+    assert!(common::same(&dest, &images.before));
 }
 
 #[test]
@@ -167,16 +154,16 @@ fn missing_remote_binary() {
     let out = Command::new(LVMSYNC)
         .args(["-e", &sshd.rsh(), "--remote-path", "/nonexistent/lvmsync"])
         .arg("--cow")
-        .arg(images.path("cow.img"))
+        .arg(&images.cow)
         .arg("--data-source")
-        .arg(images.path("after.img"))
+        .arg(&images.after)
         .arg(format!("127.0.0.1:{}", dest.display()))
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("exit status 127"), "{stderr}");
-    assert!(same_file(&dest, &images.path("before.img")));
+    assert!(common::same(&dest, &images.before));
 }
 
 /// A synthetic exception store: `chunks` consecutive origin chunks of `chunk_bytes`, all in

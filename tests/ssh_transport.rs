@@ -3,14 +3,14 @@
 //! Needs `sshd` and `ssh-keygen` (Debian: openssh-server) and root (the server logs in as the
 //! user running the tests, authorised by a generated key).
 
-mod ssh_fixture;
+mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use common::sshd::Sshd;
 use lvmsync::msg::Verbosity;
 use lvmsync::transport::{ReceiverOptions, RemoteApply};
-use ssh_fixture::Sshd;
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;

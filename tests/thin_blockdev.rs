@@ -1,13 +1,13 @@
 //! Metadata on a block device is read with O_DIRECT (aligned buffers); the result must equal
 //! the buffered read of the same bytes in a file. Needs root and loop devices.
 
-mod thin_support;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::thin::*;
 use lvmsync::source::thin::{self, MetadataRoot};
-use thin_support::*;
 
 /// A read-only loop device over a file, detached on drop.
 struct Loop(PathBuf);

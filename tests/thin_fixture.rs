@@ -1,9 +1,9 @@
 //! The native thin metadata reader against real pool metadata captured from LVM 2.03.16.
 
-mod thin_support;
+mod common;
 
+use common::thin::*;
 use lvmsync::source::thin::{self, MetadataRoot, ThinError};
-use thin_support::*;
 
 #[test]
 fn fixture_delta_matches_thin_delta_output() {
@@ -40,43 +40,8 @@ fn fixture_mappings_match_thin_dump() {
     let dir = tempfile::tempdir().unwrap();
     let meta = gunzip_fixture("tmeta.img.gz", dir.path());
     let xml = std::fs::read_to_string(format!("{FIXTURES}/thin_dump-offline.xml")).unwrap();
-    let mut expected: std::collections::BTreeMap<u64, Vec<(u64, u64, u32)>> = Default::default();
-    let mut dev = 0;
-    for l in xml.lines().map(str::trim) {
-        let n = |a: &str| attr(l, a).unwrap().parse::<u64>().unwrap();
-        if l.starts_with("<device ") {
-            dev = n("dev_id");
-        } else if l.starts_with("<single_mapping ") {
-            expected.entry(dev).or_default().push((
-                n("origin_block"),
-                n("data_block"),
-                n("time") as u32,
-            ));
-        } else if l.starts_with("<range_mapping ") {
-            for i in 0..n("length") {
-                expected.entry(dev).or_default().push((
-                    n("origin_begin") + i,
-                    n("data_begin") + i,
-                    n("time") as u32,
-                ));
-            }
-        }
-    }
-    assert_eq!(expected.len(), 2);
-    for (dev_id, want) in &expected {
-        let got: Vec<_> = thin::mappings(&meta, *dev_id, MetadataRoot::Superblock)
-            .unwrap()
-            .into_iter()
-            .map(|m| (m.block, m.data_block, m.time))
-            .collect();
-        assert_eq!(&got, want, "device {dev_id}");
-    }
-    let devices = thin::devices(&meta, MetadataRoot::Superblock).unwrap();
-    let ids: Vec<u64> = devices.iter().map(|d| d.dev_id).collect();
-    assert_eq!(ids, expected.keys().copied().collect::<Vec<_>>());
-    for d in devices {
-        assert_eq!(d.mapped_blocks, expected[&d.dev_id].len() as u64);
-    }
+    assert_eq!(parse_thin_dump(&xml).len(), 2);
+    assert_mappings_match_thin_dump(&meta, MetadataRoot::Superblock, &xml);
     let sb = thin::read_superblock(&meta, MetadataRoot::Superblock).unwrap();
     assert_eq!(sb.data_block_size, 128);
     assert_eq!(sb.metadata_snap, 0);

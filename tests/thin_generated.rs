@@ -2,13 +2,13 @@
 //! thin_restore from generated mappings, and on copy-on-write edits that share subtrees the way
 //! a kernel snapshot does.
 
-mod thin_support;
+mod common;
 
 use std::path::Path;
 
+use common::thin::*;
 use lvmsync::extent::{Extent, ExtentList};
 use lvmsync::source::thin::{self, MetadataRoot, ThinError};
-use thin_support::*;
 
 const DATA_BLOCK_SIZE: u32 = 128;
 const BLOCK_BYTES: u64 = DATA_BLOCK_SIZE as u64 * 512;

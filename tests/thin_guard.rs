@@ -1,10 +1,10 @@
 //! Thin-pool status parsing (the held metadata root is field 7) and the metadata snapshot guard.
 
-mod thin_support;
+mod common;
 
+use common::thin::FIXTURES;
 use lvmsync::source::thin::guard::parse_pool_status;
 use lvmsync::source::thin::ThinError;
-use thin_support::FIXTURES;
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()
@@ -294,7 +294,7 @@ fn signals_release_the_snapshot_and_exit_with_128_plus_signal() {
 /// the fixture was captured), read the held copy of the superblock there, release.
 #[test]
 fn live_delta_reads_the_held_snapshot_and_releases_it() {
-    use thin_support::{gunzip_fixture, parse_thin_delta, read_block, write_block, SB_SALT};
+    use common::thin::{gunzip_fixture, parse_thin_delta, read_block, write_block, SB_SALT};
     fake_dmsetup();
     let dir = tempfile::tempdir().unwrap();
     let meta = gunzip_fixture("tmeta.img.gz", dir.path());

@@ -1,9 +1,9 @@
 //! Damaged or foreign thin metadata must be refused with an error that says what and where.
 
-mod thin_support;
+mod common;
 
+use common::thin::*;
 use lvmsync::source::thin::{self, MetadataRoot, ThinError};
-use thin_support::*;
 
 fn fixture_copy() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,13 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the fixtures, test data, loop devices, and
+//! - [`thin`]: thin-pool metadata as thin-provisioning-tools makes and reads it, edited block
+//!   by block;
+//! - [`sshd`]: an OpenSSH server on the loopback interface.
+//!
+//! Each test file takes what it needs; the rest is unused there.
 #![allow(dead_code)]
+
+pub mod sshd;
+pub mod thin;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -11,9 +19,20 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// The artefacts `tests/vm/capture-fixtures.sh` captures from real LVM.
+pub fn captured(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/captured")
+        .join(rel)
+}
+
 /// Decompresses a gzipped fixture into `dir` and returns the new file's path.
 pub fn gunzip_fixture(rel: &str, dir: &Path) -> PathBuf {
-    let src = fixture(rel);
+    gunzip(&fixture(rel), dir)
+}
+
+/// Decompresses `src` (a .gz) into `dir`, under its name without `.gz`.
+pub fn gunzip(src: &Path, dir: &Path) -> PathBuf {
     let name = src
         .file_name()
         .unwrap()
@@ -22,7 +41,7 @@ pub fn gunzip_fixture(rel: &str, dir: &Path) -> PathBuf {
         .trim_end_matches(".gz");
     let out = dir.join(name);
     let mut data = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(&src).unwrap())
+    flate2::read::GzDecoder::new(std::fs::File::open(src).unwrap())
         .read_to_end(&mut data)
         .unwrap();
     std::fs::write(&out, data).unwrap();

@@ -1,4 +1,4 @@
-//! An OpenSSH server for tests (used by the tests/ssh_*.rs files).
+//! An OpenSSH server for the tests that sync over ssh.
 //!
 //! Started on a free loopback port with a generated host key, accepting one generated client
 //! key for the current user. Killed when dropped.

@@ -1,6 +1,5 @@
-//! Helpers shared by the thin metadata tests: thin-provisioning-tools as an oracle, XML in and
-//! out, and raw metadata block editing.
-#![allow(dead_code)]
+//! Helpers of the thin metadata tests: thin-provisioning-tools as an oracle, XML in and out, and
+//! raw metadata block editing.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use lvmsync::extent::{Extent, ExtentList};
-
-#[path = "../common/mod.rs"]
-mod common;
+use lvmsync::source::thin::{self, MetadataRoot};
 
 pub const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -80,9 +77,57 @@ pub fn parse_thin_delta(xml: &str) -> (u64, ExtentList) {
     )
 }
 
+/// Parses thin_dump's XML into every device's mappings: device id -> (virtual block, data
+/// block, time) in block order.
+pub fn parse_thin_dump(xml: &str) -> BTreeMap<u64, Vec<(u64, u64, u32)>> {
+    let mut mappings: BTreeMap<u64, Vec<(u64, u64, u32)>> = BTreeMap::new();
+    let mut dev = 0;
+    for l in xml.lines().map(str::trim) {
+        let n = |a: &str| num(l, a);
+        if l.starts_with("<device ") {
+            dev = n("dev_id");
+        } else if l.starts_with("<single_mapping ") {
+            mappings.entry(dev).or_default().push((
+                n("origin_block"),
+                n("data_block"),
+                n("time") as u32,
+            ));
+        } else if l.starts_with("<range_mapping ") {
+            for i in 0..n("length") {
+                mappings.entry(dev).or_default().push((
+                    n("origin_begin") + i,
+                    n("data_begin") + i,
+                    n("time") as u32,
+                ));
+            }
+        }
+    }
+    mappings
+}
+
+/// Checks that the mappings and device details lvmsync reads from `meta` (at `root`) are those
+/// of thin_dump's XML.
+pub fn assert_mappings_match_thin_dump(meta: &Path, root: MetadataRoot, xml: &str) {
+    let expected = parse_thin_dump(xml);
+    for (dev_id, want) in &expected {
+        let got: Vec<_> = thin::mappings(meta, *dev_id, root)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.block, m.data_block, m.time))
+            .collect();
+        assert_eq!(&got, want, "device {dev_id}");
+    }
+    let devices = thin::devices(meta, root).unwrap();
+    let ids: Vec<u64> = devices.iter().map(|d| d.dev_id).collect();
+    assert_eq!(ids, expected.keys().copied().collect::<Vec<_>>());
+    for d in devices {
+        assert_eq!(d.mapped_blocks, expected[&d.dev_id].len() as u64);
+    }
+}
+
 /// Decompresses thin fixture `name` (a .gz) into `dir`.
 pub fn gunzip_fixture(name: &str, dir: &Path) -> PathBuf {
-    common::gunzip_fixture(&format!("thin/{name}"), dir)
+    super::gunzip_fixture(&format!("thin/{name}"), dir)
 }
 
 /// Runs a command, panicking with its stderr on failure; returns stdout.

@@ -43,6 +43,7 @@ Made by \`tests/vm/capture-fixtures.sh\` (scenarios \`tests/vm/scenarios/classic
 \`yes TAG | head -c LEN\` at the offsets listed in the \`writes*.txt\` files (\`OFFSET LENGTH TAG\`);
 \`expected-extents.txt\` is the merged \`OFFSET LENGTH data\` list of the chunks those writes
 touched (the output \`lvmsync changes\` must give). \`*.img.gz\` are raw device images.
+\`tests/captured.rs\` checks what lvmsync reads from them against the writes and the tools' output.
 
 ## classic/ - dm-snapshot
 VG \`capvg\`, origin \`origin\` 16 MiB, snapshot \`snap\` made with \`lvcreate -s -c 4k -L 8M\`.

@@ -2,11 +2,14 @@
 //!
 //! The pipeline is: a change source ([`source`]) produces an [`extent::ExtentList`] of changed
 //! byte ranges; the sender ([`send`]) reads those ranges from the data source with large reads
-//! and writes them as a change stream ([`stream`]); the receiver ([`apply`]) writes a stream onto
-//! a destination, optionally saving what it overwrites as a snapback stream.
+//! and writes them as a change stream ([`stream`]), which [`transport`] carries to standard
+//! output, a local receiver or a remote one; the receiver ([`apply`]) writes a stream onto a
+//! destination, optionally saving what it overwrites as a snapback stream.
 //!
-//! `main.rs` parses the command line into a validated [`cli::Config`]; [`commands`] carries it
-//! out, one module per command.
+//! `main.rs` parses the command line ([`cli`]) into a validated [`cli::Config`]; [`commands`]
+//! carries it out, one module per command. Underneath: [`lvm`] (live discovery, and running
+//! LVM's and device-mapper's tools), [`blockdev`] (opening rules, sizes, aligned buffers),
+//! [`parallel`] (a pool of threads with many reads in flight), [`error`] and [`msg`].
 
 pub mod apply;
 pub mod blockdev;

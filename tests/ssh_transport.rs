@@ -30,6 +30,11 @@ fn options(sshd: &Sshd, remote_path: &Path) -> ReceiverOptions {
     }
 }
 
+/// Starts `opts`' receiver of `dest` on the test server.
+fn spawn(dest: &str, opts: &ReceiverOptions) -> RemoteApply {
+    RemoteApply::spawn("127.0.0.1", dest, opts, Verbosity::Normal).unwrap()
+}
+
 #[test]
 fn arguments_arrive_as_words_and_run_nothing() {
     let sshd = Sshd::start();
@@ -79,13 +84,7 @@ fn remote_exit_status_is_reported() {
         "recv",
         "cat > /dev/null; echo 'no such device' >&2; exit 4",
     );
-    let mut apply = RemoteApply::spawn(
-        "127.0.0.1",
-        "/dev/x",
-        &options(&sshd, &recv),
-        Verbosity::Normal,
-    )
-    .unwrap();
+    let mut apply = spawn("/dev/x", &options(&sshd, &recv));
     apply.input().write_all(&[0u8; 1000]).unwrap();
     let err = apply.finish().unwrap_err().to_string();
     assert_eq!(err, "remote apply on 127.0.0.1 failed (exit status 4)");
@@ -95,13 +94,10 @@ fn remote_exit_status_is_reported() {
 fn missing_remote_binary() {
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
-    let apply = RemoteApply::spawn(
-        "127.0.0.1",
+    let apply = spawn(
         "/dev/x",
         &options(&sshd, &dir.path().join("no-lvmsync-here")),
-        Verbosity::Normal,
-    )
-    .unwrap();
+    );
     let err = apply.finish().unwrap_err().to_string();
     assert!(
         err.starts_with("remote apply on 127.0.0.1 failed (exit status 127"),
@@ -119,13 +115,7 @@ fn connection_killed_mid_stream() {
         "recv",
         &format!("touch '{}'; cat > /dev/null", started.display()),
     );
-    let mut apply = RemoteApply::spawn(
-        "127.0.0.1",
-        "/dev/x",
-        &options(&sshd, &recv),
-        Verbosity::Normal,
-    )
-    .unwrap();
+    let mut apply = spawn("/dev/x", &options(&sshd, &recv));
     let chunk = vec![0x5au8; 1 << 16];
     let mut written: u64 = 0;
     let mut killed = false;
@@ -178,8 +168,7 @@ fn through_a_control_master() {
             rsh: rsh.clone(),
             ..options(&sshd, &recv)
         };
-        let mut apply =
-            RemoteApply::spawn("127.0.0.1", "/dev/x", &opts, Verbosity::Normal).unwrap();
+        let mut apply = spawn("/dev/x", &opts);
         apply
             .input()
             .write_all(format!("round {round}").as_bytes())
@@ -201,7 +190,7 @@ fn through_a_control_master() {
         rsh: rsh.clone(),
         ..options(&sshd, &bad)
     };
-    let apply = RemoteApply::spawn("127.0.0.1", "/dev/x", &opts, Verbosity::Normal).unwrap();
+    let apply = spawn("/dev/x", &opts);
     let err = apply.finish().unwrap_err().to_string();
     assert_eq!(err, "remote apply on 127.0.0.1 failed (exit status 6)");
     let mut exit = std::process::Command::new("ssh");

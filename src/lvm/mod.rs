@@ -23,6 +23,32 @@ pub enum Snapshot {
     Thin(ThinSnapshot),
 }
 
+impl Snapshot {
+    /// `vg/lv`
+    pub fn name(&self) -> &str {
+        match self {
+            Snapshot::Classic(s) => &s.name,
+            Snapshot::Thin(s) => &s.name,
+        }
+    }
+
+    /// The origin LV's `/dev/mapper` path: where changed data is read.
+    pub fn origin(&self) -> &Path {
+        match self {
+            Snapshot::Classic(s) => &s.origin,
+            Snapshot::Thin(s) => &s.origin,
+        }
+    }
+
+    /// Size of the origin, the volume the changes refer to.
+    pub fn origin_bytes(&self) -> u64 {
+        match self {
+            Snapshot::Classic(s) => s.origin_bytes,
+            Snapshot::Thin(s) => s.origin_bytes,
+        }
+    }
+}
+
 /// A dm-snapshot (COW) snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClassicSnapshot {

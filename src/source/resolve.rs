@@ -84,28 +84,25 @@ pub fn resolve(spec: &ChangeSourceSpec, data_source: Option<&Path>) -> Result<Re
                 classic: None,
             })
         }
-        ChangeSourceSpec::Snapshot(path) => match lvm::discover_snapshot(path)? {
-            Snapshot::Classic(snap) => {
-                check_data_source_size(data.as_ref(), &snap.name, snap.origin_bytes)?;
-                flush_origin(&snap.origin)?;
-                let changes = classic_changes(&snap)?;
-                Ok(Resolved {
-                    changes,
-                    data_source: Some(data_path.unwrap_or_else(|| snap.origin.clone())),
-                    classic: Some(snap),
-                })
-            }
-            Snapshot::Thin(snap) => {
-                check_data_source_size(data.as_ref(), &snap.name, snap.origin_bytes)?;
-                flush_origin(&snap.origin)?;
-                let changes = thin_changes(&snap)?;
-                Ok(Resolved {
-                    changes,
-                    data_source: Some(data_path.unwrap_or(snap.origin)),
-                    classic: None,
-                })
-            }
-        },
+        ChangeSourceSpec::Snapshot(path) => {
+            let snap = lvm::discover_snapshot(path)?;
+            check_data_source_size(data.as_ref(), snap.name(), snap.origin_bytes())?;
+            flush_origin(snap.origin())?;
+            let changes = match &snap {
+                Snapshot::Classic(s) => classic_changes(s)?,
+                Snapshot::Thin(s) => thin_changes(s)?,
+            };
+            let data_source = Some(data_path.unwrap_or_else(|| snap.origin().to_owned()));
+            let classic = match snap {
+                Snapshot::Classic(s) => Some(s),
+                Snapshot::Thin(_) => None,
+            };
+            Ok(Resolved {
+                changes,
+                data_source,
+                classic,
+            })
+        }
     }
 }
 

@@ -363,6 +363,12 @@ mod tests {
     /// exactly what sshd does with the words it receives.
     const FAKE_SSH: &str = r#"sh -c 'shift; exec sh -c "$*"' fake-ssh"#;
 
+    /// Starts `recv` as the receiver of `/dev/x` through the stand-in ssh.
+    fn fake_remote(host: &str, recv: &Path) -> RemoteApply {
+        let opts = opts(FAKE_SSH, recv.to_str().unwrap());
+        RemoteApply::spawn(host, "/dev/x", &opts, Verbosity::Normal).unwrap()
+    }
+
     fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let p = dir.join(name);
@@ -414,13 +420,7 @@ mod tests {
             "recv",
             "echo 'cannot open destination' >&2; exit 3",
         );
-        let mut apply = RemoteApply::spawn(
-            "h1",
-            "/dev/x",
-            &opts(FAKE_SSH, recv.to_str().unwrap()),
-            Verbosity::Normal,
-        )
-        .unwrap();
+        let mut apply = fake_remote("h1", &recv);
         let chunk = vec![0u8; 1 << 16];
         let mut write_error = None;
         for _ in 0..1024 {
@@ -443,13 +443,7 @@ mod tests {
     fn missing_remote_binary_is_explained() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("no-such-lvmsync");
-        let apply = RemoteApply::spawn(
-            "h",
-            "/dev/x",
-            &opts(FAKE_SSH, missing.to_str().unwrap()),
-            Verbosity::Normal,
-        )
-        .unwrap();
+        let apply = fake_remote("h", &missing);
         let err = apply.finish().unwrap_err().to_string();
         assert!(
             err.contains("exit status 127") && err.contains("--remote-path"),
@@ -488,13 +482,7 @@ mod tests {
                 pidfile.display()
             ),
         );
-        let apply = RemoteApply::spawn(
-            "h",
-            "/dev/x",
-            &opts(FAKE_SSH, recv.to_str().unwrap()),
-            Verbosity::Normal,
-        )
-        .unwrap();
+        let apply = fake_remote("h", &recv);
         let result = apply.finish();
         let pid = std::fs::read_to_string(&pidfile).unwrap();
         let _ = Command::new("kill").arg(pid.trim()).status();

@@ -11,7 +11,7 @@ use crate::msg::Verbosity;
 use crate::send::SendOptions;
 use crate::source::ChangeSourceSpec;
 use crate::stream::Format;
-use crate::transport::{ReceiverOptions, SendTarget};
+use crate::transport::{parse_destination, remote_command, Address, ReceiverOptions, SendTarget};
 
 const USAGE: &str = "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
        lvmsync [OPTIONS] --stdout SNAPSHOT
@@ -186,7 +186,7 @@ impl Config {
 }
 
 fn usage(msg: impl Into<String>) -> Error {
-    Error::Invalid(msg.into())
+    Error::Usage(msg.into())
 }
 
 fn parse_thin_ids(s: &str) -> Result<(u64, u64)> {
@@ -297,9 +297,7 @@ impl Cli {
                 s
             }
             None => ChangeSourceSpec::Snapshot(PathBuf::from(
-                paths
-                    .next()
-                    .ok_or_else(|| usage("no snapshot specified (do you need --help?)"))?,
+                paths.next().ok_or_else(|| usage("no snapshot specified"))?,
             )),
         };
         let target = if a.stdout {
@@ -320,7 +318,7 @@ impl Cli {
             }
             // Ruby lvmsync ignored a DEST given with --stdout; so do we, for old scripts.
         }
-        Ok(Config::Send(SendConfig {
+        let config = SendConfig {
             source,
             data_source: a.source.data_source,
             target,
@@ -336,7 +334,14 @@ impl Cli {
                 remote_path: a.remote_path,
             },
             verbosity,
-        }))
+        };
+        // A remote receiver's command line is refused now, before the snapshot is read.
+        if let SendTarget::Dest(dest) = &config.target {
+            if let Address::Remote { host, path } = parse_destination(dest) {
+                remote_command(&host, &path, &config.receiver, verbosity)?;
+            }
+        }
+        Ok(Config::Send(config))
     }
 }
 
@@ -348,7 +353,7 @@ mod tests {
         let mut v = vec!["lvmsync"];
         v.extend_from_slice(args);
         Cli::try_parse_from(v)
-            .map_err(|e| Error::Invalid(e.to_string()))?
+            .map_err(|e| Error::Usage(e.to_string()))?
             .into_config()
     }
 
@@ -430,8 +435,13 @@ mod tests {
             &["changes"],
             &["changes", "--thin-metadata", "m", "--thin-ids", "x"],
             &["/dev/vg/snap", "/dev/x", "/dev/y"],
+            &["-e", "ssh 'unclosed", "/dev/vg/snap", "host:/dev/x"],
+            &["/dev/vg/snap", "host:-rf"],
         ] {
-            assert!(config(args).is_err(), "{args:?} should be refused");
+            assert!(
+                matches!(config(args), Err(Error::Usage(_))),
+                "{args:?} should be refused as a usage error"
+            );
         }
     }
 }

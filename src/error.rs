@@ -27,9 +27,20 @@ pub enum Error {
     Thin(#[from] crate::source::thin::ThinError),
     #[error("{0}")]
     Invalid(String),
+    /// The command line was refused, before anything was done.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl Error {
+    /// How lvmsync exits after this error.
+    pub fn exit(&self) -> crate::exit::Exit {
+        match self {
+            Error::Usage(_) => crate::exit::Exit::Usage,
+            _ => crate::exit::Exit::Failed,
+        }
+    }
+
     /// An I/O error with `context` (the path and the operation), unless a [`Named`] reader or
     /// writer already described it (its description is the more precise one).
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {

@@ -9,13 +9,15 @@
 //! `main.rs` parses the command line ([`cli`]) into a validated [`cli::Config`]; [`commands`]
 //! carries it out, one module per command. Underneath: [`lvm`] (live discovery, and running
 //! LVM's and device-mapper's tools), [`blockdev`] (opening rules, sizes, aligned buffers),
-//! [`parallel`] (a pool of threads with many reads in flight), [`error`] and [`msg`].
+//! [`parallel`] (a pool of threads with many reads in flight), [`error`], [`exit`] (the exit
+//! statuses) and [`msg`].
 
 pub mod apply;
 pub mod blockdev;
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub mod exit;
 pub mod extent;
 #[doc(hidden)]
 pub mod fuzzing;

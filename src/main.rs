@@ -2,6 +2,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
+use lvmsync::exit::Exit;
 
 /// Whether file descriptor 1 was closed when lvmsync started (`lvmsync --stdout ... >&-`).
 /// Rust's runtime puts /dev/null in place of a closed standard descriptor before `main`, which
@@ -19,7 +20,20 @@ extern "C" fn record_closed_stdout() {
 static RECORD_CLOSED_STDOUT: extern "C" fn() = record_closed_stdout;
 
 fn main() -> ExitCode {
-    let cli = lvmsync::cli::Cli::parse();
+    let cli = match lvmsync::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap's own message ends with "For more information, try '--help'.";
+            // --help and --version come this way too, and are no error.
+            let _ = e.print();
+            let exit = if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Success
+            };
+            return exit.into();
+        }
+    };
     let result = cli.into_config().and_then(|config| {
         if config.writes_stdout() && STDOUT_CLOSED_AT_START.load(Ordering::Relaxed) {
             return Err(lvmsync::Error::Invalid(
@@ -29,10 +43,15 @@ fn main() -> ExitCode {
         lvmsync::commands::run(config)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Success.into(),
         Err(e) => {
-            lvmsync::say!("lvmsync: {e}");
-            ExitCode::FAILURE
+            let exit = e.exit();
+            if exit == Exit::Usage {
+                lvmsync::say!("lvmsync: {e} (see lvmsync --help)");
+            } else {
+                lvmsync::say!("lvmsync: {e}");
+            }
+            exit.into()
         }
     }
 }

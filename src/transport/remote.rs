@@ -30,7 +30,7 @@ fn remote_words(
     let mut words = shlex::split(&opts.remote_path)
         .filter(|w| !w.is_empty())
         .ok_or_else(|| {
-            Error::Invalid(format!(
+            Error::Usage(format!(
                 "--remote-path {:?}: unbalanced quotes or empty",
                 opts.remote_path
             ))
@@ -50,10 +50,10 @@ fn remote_words(
     };
     words.extend(verbosity_flags.iter().map(|f| f.to_string()));
     if dest.is_empty() {
-        return Err(Error::Invalid("no remote destination path given".into()));
+        return Err(Error::Usage("no remote destination path given".into()));
     }
     if dest.starts_with('-') {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Usage(format!(
             "remote destination {dest:?} starts with '-'; give a path such as ./{dest}"
         )));
     }
@@ -62,6 +62,7 @@ fn remote_words(
 }
 
 /// The full local command: the remote shell's words, the host, then the quoted remote words.
+/// Every error is a usage error: the command line cannot reach a remote receiver.
 pub fn remote_command(
     host: &str,
     dest: &str,
@@ -70,18 +71,16 @@ pub fn remote_command(
 ) -> Result<Vec<OsString>, Error> {
     let rsh = shlex::split(&opts.rsh)
         .filter(|w| !w.is_empty())
-        .ok_or_else(|| {
-            Error::Invalid(format!("--rsh {:?}: unbalanced quotes or empty", opts.rsh))
-        })?;
+        .ok_or_else(|| Error::Usage(format!("--rsh {:?}: unbalanced quotes or empty", opts.rsh)))?;
     // A host such as `-oProxyCommand=...` would be read as an option by ssh.
     if host.is_empty() || host.starts_with('-') {
-        return Err(Error::Invalid(format!("invalid remote host {host:?}")));
+        return Err(Error::Usage(format!("invalid remote host {host:?}")));
     }
     let mut argv: Vec<OsString> = rsh.into_iter().map(OsString::from).collect();
     argv.push(host.into());
     for word in remote_words(dest, opts, verbosity)? {
         let quoted = shlex::try_quote(&word)
-            .map_err(|_| Error::Invalid(format!("remote argument {word:?} contains a NUL byte")))?;
+            .map_err(|_| Error::Usage(format!("remote argument {word:?} contains a NUL byte")))?;
         argv.push(quoted.into_owned().into());
     }
     Ok(argv)
@@ -222,6 +221,9 @@ fn check_status(host: &str, status: ExitStatus) -> Result<(), Error> {
             "exit status 127: command not found; check --remote-path and the remote PATH"
                 .to_string()
         }
+        (Some(2), _) => "exit status 2: the remote lvmsync refused its command line; \
+                          check --remote-path and the remote lvmsync's version"
+            .to_string(),
         (Some(255), _) => "exit status 255: the remote shell reported an error".to_string(),
         (Some(code), _) => format!("exit status {code}"),
         (None, Some(sig)) => format!("killed by signal {sig}"),
@@ -447,6 +449,18 @@ mod tests {
         let err = apply.finish().unwrap_err().to_string();
         assert!(
             err.contains("exit status 127") && err.contains("--remote-path"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_remote_usage_error_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let recv = write_script(dir.path(), "recv", "echo 'unknown option' >&2; exit 2");
+        let apply = fake_remote("h", &recv);
+        let err = apply.finish().unwrap_err().to_string();
+        assert!(
+            err.contains("exit status 2: the remote lvmsync refused its command line"),
             "{err}"
         );
     }

@@ -150,7 +150,7 @@ fn install_signal_handler() -> Result<(), ThinError> {
                                 crate::say!("lvmsync: {e}");
                             }
                         }
-                        std::process::exit(128 + sig);
+                        std::process::exit(crate::exit::Exit::Signal(sig).code());
                     }
                 })
                 .map(drop)

@@ -1,0 +1,76 @@
+//! lvmsync's exit statuses: one table ([`Exit::TABLE`]), given by `--help` and the man page and
+//! copied into the README (a test keeps the copy equal). `main.rs` and the thin guard's signal
+//! handler exit with [`Exit::code`], so that no other status can appear.
+
+/// How lvmsync ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything asked was done.
+    Success,
+    /// The operation failed: nothing, or not everything, was done.
+    Failed,
+    /// The command line was refused; nothing was done.
+    Usage,
+    /// Ended by this signal (caught to release a held thin metadata snapshot first).
+    Signal(i32),
+}
+
+impl Exit {
+    /// Each status and what it means, as documented.
+    pub const TABLE: [(&'static str, &'static str); 4] = [
+        (
+            "0",
+            "Success: everything asked was done. A stream that was sent or applied arrived \
+             whole, was verified and is on disk.",
+        ),
+        (
+            "1",
+            "The operation failed: nothing, or not everything, was done. The message on \
+             standard error says what failed.",
+        ),
+        (
+            "2",
+            "Usage error: the command line was refused and nothing was done.",
+        ),
+        (
+            "128+N",
+            "Killed by signal N. While it holds a thin pool's metadata snapshot, lvmsync \
+             catches SIGINT, SIGTERM and SIGHUP, releases the snapshot and exits with this \
+             status itself.",
+        ),
+    ];
+
+    /// The process exit status.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Success => 0,
+            Exit::Failed => 1,
+            Exit::Usage => 2,
+            Exit::Signal(n) => 128 + n,
+        }
+    }
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        // Signal numbers are below 128, so every code fits.
+        std::process::ExitCode::from(u8::try_from(e.code()).unwrap_or(u8::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_table() {
+        let codes: Vec<String> = [Exit::Success, Exit::Failed, Exit::Usage]
+            .iter()
+            .map(|e| e.code().to_string())
+            .chain(["128+N".to_string()])
+            .collect();
+        let table: Vec<&str> = Exit::TABLE.iter().map(|(code, _)| *code).collect();
+        assert_eq!(codes, table);
+        assert_eq!(Exit::Signal(libc::SIGTERM).code(), 143);
+    }
+}

@@ -1,6 +1,8 @@
 //! The command line: clap's raw arguments, then a validated [`Config`] that says exactly what to
 //! do. Every combination that makes no sense is refused here, before anything is opened.
 
+pub mod manual;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -26,6 +28,8 @@ const USAGE: &str = "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
     version,
     about = "Send only the blocks of an LVM volume that changed since a snapshot",
     override_usage = USAGE,
+    after_help = manual::short_help(),
+    after_long_help = manual::long_help(),
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {

@@ -1,0 +1,392 @@
+//! The prose of lvmsync's manual: the sections the man page adds to what clap renders (the
+//! synopsis and the options), kept here once. `--help` shows some of them as plain text
+//! ([`short_help`], [`long_help`]); `examples/man_and_completions.rs` renders all of them as
+//! roff around clap_mangen's sections.
+
+use crate::exit::Exit;
+
+/// One section of the man page.
+#[derive(Debug, Clone, Copy)]
+pub struct Section {
+    /// The man page heading (`EXIT STATUS`).
+    pub title: &'static str,
+    pub blocks: &'static [Block],
+}
+
+/// A piece of a section.
+#[derive(Debug, Clone, Copy)]
+pub enum Block {
+    /// A paragraph of running text.
+    Text(&'static str),
+    /// Command lines, shown as typed.
+    Commands(&'static [&'static str]),
+    /// Terms, each with its explanation.
+    List(&'static [(&'static str, &'static str)]),
+    /// Examples, each an explanation and its command lines.
+    Examples(&'static [Example]),
+}
+
+/// An example: what it does, then the command lines that do it.
+#[derive(Debug, Clone, Copy)]
+pub struct Example {
+    pub what: &'static str,
+    pub commands: &'static [&'static str],
+}
+
+pub const DESCRIPTION: Section = Section {
+    title: "DESCRIPTION",
+    blocks: &[
+        Block::Text(
+            "lvmsync moves an LVM logical volume to another machine with seconds of downtime by \
+             sending only the blocks written since a snapshot. It reads the change list from \
+             device-mapper's own metadata, the exception store of a classic (COW) snapshot or \
+             the mapping btrees of a thin pool, so the cost of a sync follows the size of the \
+             change, not the size of the volume. The changed blocks are read from the \
+             snapshot's origin (or from --data-source), so the destination ends up equal to the \
+             origin.",
+        ),
+        Block::Text(
+            "lvmsync is a drop-in successor of Ruby lvmsync 3.x: the same command line, and its \
+             stream format 3 read and written byte for byte. By default it writes format 4, with \
+             a checksum on every record, a digest of all data and an end marker, so that a \
+             truncated or damaged stream is always refused. It runs as root on both hosts.",
+        ),
+        Block::List(&[
+            (
+                "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST",
+                "Send the changes since SNAPSHOT to DEST, a block device or file as large as \
+                 the volume: a local one, or one on HOST (host, user@host or [IPv6 address]), \
+                 reached with the remote shell of --rsh, which runs lvmsync --apply - there \
+                 (--remote-path).",
+            ),
+            (
+                "lvmsync [OPTIONS] --stdout SNAPSHOT",
+                "Write the change stream to standard output: a file or a pipe.",
+            ),
+            (
+                "lvmsync [OPTIONS] --apply FILE|- DEST",
+                "Apply a change stream, format 3 or 4 (detected), from FILE or standard input \
+                 to DEST. Snapback files are applied the same way.",
+            ),
+            (
+                "lvmsync changes SNAPSHOT",
+                "List the changed byte ranges, one \"OFFSET LENGTH KIND\" line each, in decimal \
+                 bytes; KIND is data or zero.",
+            ),
+        ]),
+        Block::Text(
+            "Offline change sources stand in for SNAPSHOT in every form, for forensics, tests or \
+             a machine without the snapshot active: --cow FILE, a copy of a classic snapshot's \
+             exception store (its -cow device), or --thin-metadata FILE --thin-ids SNAP:ORIGIN, \
+             a copy of a thin pool's metadata and the device ids of the snapshot and its origin. \
+             To send, --data-source then names the origin to read the data from.",
+        ),
+    ],
+};
+
+pub const WORKFLOW: Section = Section {
+    title: "WORKFLOW",
+    blocks: &[
+        Block::Text(
+            "Moving /dev/vg/lv from host A to host B, where a volume of the same size exists as \
+             /dev/vg/lv on B:",
+        ),
+        Block::Text("1. On A, snapshot the volume (a classic snapshot, or a thin one):"),
+        Block::Commands(&[
+            "lvcreate --snapshot -L 10G -n lv-snap vg/lv",
+            "lvcreate --snapshot -n lv-snap vg/lv",
+        ]),
+        Block::Text("2. Copy the snapshot to B while the service keeps running:"),
+        Block::Commands(&["dd if=/dev/vg/lv-snap bs=4M | ssh B dd of=/dev/vg/lv bs=4M"]),
+        Block::Text("3. Stop the service on A."),
+        Block::Text("4. Send what changed since step 1:"),
+        Block::Commands(&["lvmsync /dev/vg/lv-snap B:/dev/vg/lv"]),
+        Block::Text(
+            "5. Start the service on B. Remove the snapshot on A (lvremove vg/lv-snap) when it \
+             is no longer needed.",
+        ),
+        Block::Text(
+            "Step 4 reads and sends only the changed blocks. With --snapback FILE it also keeps, \
+             on B, what it overwrote: applying FILE to B's volume undoes the sync.",
+        ),
+    ],
+};
+
+pub const STREAM_FORMATS: Section = Section {
+    title: "STREAM FORMATS",
+    blocks: &[
+        Block::List(&[
+            (
+                "3",
+                "Ruby lvmsync's \"lvmsync PROTO[3]\": records of an offset, a length and the \
+                 data, with no end marker and no checksum. Use it only to talk to Ruby lvmsync: \
+                 a format 3 stream cut exactly between two records cannot be told from a \
+                 complete one.",
+            ),
+            (
+                "4",
+                "lvmsync's own: a header with the source size and chunk size, data and zero \
+                 records each with a CRC32C, optional zstd compression, and an end record with \
+                 the record count, the byte counts and a BLAKE3 digest of all data. A missing \
+                 end, a bad checksum, records out of order or trailing bytes are refused.",
+            ),
+        ]),
+        Block::Text(
+            "Snapback files are format 4 streams, whatever the format applied; format 3 \
+             snapbacks written by Ruby lvmsync are applied too.",
+        ),
+    ],
+};
+
+pub const EXIT_STATUS: Section = Section {
+    title: "EXIT STATUS",
+    blocks: &[Block::List(&Exit::TABLE)],
+};
+
+pub const GUARANTEES: Section = Section {
+    title: "GUARANTEES",
+    blocks: &[
+        Block::Text(
+            "Exit status 0 means that the whole stream arrived, was verified and is on disk: \
+             the destination, and the snapback if any, are fsynced before lvmsync exits 0. A \
+             dead ssh, a receiver that fails, a truncated or damaged stream, or a classic \
+             snapshot that overflowed: each ends with a one-line error and a non-zero status.",
+        ),
+        Block::Text(
+            "A destination is never created or truncated. A record that would reach past its \
+             end is an error, and a format 4 stream whose source is larger than the destination \
+             is refused before the first write. A data source that cannot be the volume's \
+             origin is refused before anything is written.",
+        ),
+        Block::Text(
+            "A sync interrupted without --snapback (a crash, kill -9, a lost connection) leaves \
+             the destination partly updated. The snapshot still lists every change: run the \
+             same command again and it sends them all.",
+        ),
+        Block::Text(
+            "Snapbacks are write-ahead: the snapback file, its header and its directory entry \
+             are on disk before the destination is touched, and the old contents of every range \
+             are on disk, in complete checksummed records, before the range is overwritten. A \
+             crash or kill -9 at any point leaves a snapback that rolls back everything that was \
+             written: lvmsync --apply SNAPBACK DEST restores every range it recorded and exits \
+             0, saying \"snapback ends at byte N without an end record (the apply that wrote it \
+             was interrupted); every recorded range restored\" when the crash cut it short. Roll \
+             back several syncs by applying their snapbacks newest first.",
+        ),
+        Block::Text(
+            "A snapback is created with mode 0600 (or stricter, as DEST), and refused if it \
+             exists (unless --force), if it is not a regular file, if it is DEST itself by any \
+             name, or if its file system lives on DEST: all before anything is written.",
+        ),
+        Block::Text(
+            "To read a live thin snapshot, lvmsync holds a metadata snapshot of its pool and \
+             releases it on exit, and on SIGINT, SIGTERM and SIGHUP (exit status 128+N). After \
+             kill -9 it stays held, and lvmsync refuses a pool whose metadata snapshot is held \
+             by another tool; when no other tool uses it, release it with dmsetup message POOL 0 \
+             release_metadata_snap (POOL is the pool's device-mapper name, such as \
+             vg-pool-tpool).",
+        ),
+        Block::Text(
+            "Memory stays under 128 MiB whatever the stream. Every I/O error names the file or \
+             stream and the operation that failed.",
+        ),
+    ],
+};
+
+/// Every example; the first [`HELP_EXAMPLES`] are shown by `--help` too.
+pub const EXAMPLES: &[Example] = &[
+    Example {
+        what: "Send the changes since the snapshot to host B, over ssh:",
+        commands: &["lvmsync /dev/vg/lv-snap B:/dev/vg/lv"],
+    },
+    Example {
+        what: "The same, keeping on B what the sync overwrites; applying it undoes the sync:",
+        commands: &[
+            "lvmsync -b /root/lv.snapback /dev/vg/lv-snap root@B:/dev/vg/lv",
+            "ssh root@B lvmsync --apply /root/lv.snapback /dev/vg/lv",
+        ],
+    },
+    Example {
+        what: "Write the changes to a file, compressed, and apply them later:",
+        commands: &[
+            "lvmsync --stdout -z /dev/vg/lv-snap > lv.changes",
+            "lvmsync --apply lv.changes /dev/vg/lv",
+        ],
+    },
+    Example {
+        what: "Sync a local copy:",
+        commands: &["lvmsync /dev/vg/lv-snap /dev/backup/lv"],
+    },
+    Example {
+        what: "Another ssh port, and lvmsync copied to /root on B (a static build needs nothing \
+               else there):",
+        commands: &[
+            "scp -P 2222 lvmsync root@B:/root/",
+            "lvmsync -e 'ssh -p 2222' --remote-path /root/lvmsync \\",
+            "    /dev/vg/lv-snap root@B:/dev/vg/lv",
+        ],
+    },
+    Example {
+        what: "A host given by its IPv6 address:",
+        commands: &["lvmsync /dev/vg/lv-snap '[fd00::2]:/dev/vg/lv'"],
+    },
+    Example {
+        what: "Pull instead of push: B reads the stream from A:",
+        commands: &[
+            "ssh A lvmsync --stdout /dev/vg/lv-snap |",
+            "    lvmsync --apply - /dev/vg/lv",
+        ],
+    },
+    Example {
+        what: "Send to a Ruby lvmsync 3.x receiver:",
+        commands: &["lvmsync --format 3 /dev/vg/lv-snap B:/dev/vg/lv"],
+    },
+    Example {
+        what: "List what would be sent:",
+        commands: &["lvmsync changes /dev/vg/lv-snap"],
+    },
+    Example {
+        what: "Offline sources: a copy of a snapshot's -cow device and of its origin, and a copy \
+               of a thin pool's metadata:",
+        commands: &[
+            "lvmsync changes --cow snap-cow.img",
+            "lvmsync --cow snap-cow.img --data-source origin.img copy.img",
+            "lvmsync changes --thin-metadata tmeta.img --thin-ids 2:1",
+        ],
+    },
+];
+
+/// How many of [`EXAMPLES`] `--help` shows.
+pub const HELP_EXAMPLES: usize = 3;
+
+pub const SEE_ALSO: Section = Section {
+    title: "SEE ALSO",
+    blocks: &[Block::Text(
+        "lvm(8), lvcreate(8), lvmthin(7), dmsetup(8), thin_delta(8), ssh(1)",
+    )],
+};
+
+/// The sections the man page adds after OPTIONS, in order (EXAMPLES is rendered from
+/// [`EXAMPLES`] between GUARANTEES and SEE ALSO).
+pub const AFTER_OPTIONS: [Section; 3] = [STREAM_FORMATS, EXIT_STATUS, GUARANTEES];
+
+/// Where the whole manual is.
+const MORE: &str = "The workflow, the guarantees and more examples: man 8 lvmsync";
+
+/// Width of the plain text, so that an 80-column terminal shows it unwrapped.
+const WIDTH: usize = 79;
+
+/// Text after the options in `lvmsync -h`.
+pub fn short_help() -> String {
+    let mut out = String::new();
+    plain_examples(&mut out);
+    out.push('\n');
+    out.push_str(&textwrap::fill(
+        &format!("The exit statuses: lvmsync --help. {MORE}"),
+        WIDTH,
+    ));
+    out
+}
+
+/// Text after the options in `lvmsync --help`.
+pub fn long_help() -> String {
+    let mut out = String::new();
+    plain_examples(&mut out);
+    out.push_str("\nExit status:\n");
+    plain_blocks(&mut out, EXIT_STATUS.blocks);
+    out.push('\n');
+    out.push_str(MORE);
+    out
+}
+
+fn plain_examples(out: &mut String) {
+    out.push_str("Examples:\n");
+    plain_blocks(out, &[Block::Examples(&EXAMPLES[..HELP_EXAMPLES])]);
+}
+
+/// Plain text of `blocks`, indented by two spaces, one block per paragraph.
+fn plain_blocks(out: &mut String, blocks: &[Block]) {
+    let wrap = |text: &str, first: &str, rest: &str| {
+        let opts = textwrap::Options::new(WIDTH)
+            .initial_indent(first)
+            .subsequent_indent(rest);
+        textwrap::fill(text, opts) + "\n"
+    };
+    for (i, block) in blocks.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        match block {
+            Block::Text(text) => out.push_str(&wrap(text, "  ", "  ")),
+            Block::Commands(lines) => {
+                for line in *lines {
+                    out.push_str(&format!("    {line}\n"));
+                }
+            }
+            Block::List(items) => {
+                let width = items.iter().map(|(t, _)| t.len()).max().unwrap_or(0) + 2;
+                let rest = " ".repeat(width + 2);
+                for (term, text) in *items {
+                    out.push_str(&wrap(text, &format!("  {term:width$}"), &rest));
+                }
+            }
+            Block::Examples(examples) => {
+                for (j, ex) in examples.iter().enumerate() {
+                    if j > 0 {
+                        out.push('\n');
+                    }
+                    out.push_str(&wrap(ex.what, "  ", "  "));
+                    for line in ex.commands {
+                        out.push_str(&format!("    {line}\n"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_text_fits_80_columns_and_gives_every_exit_status() {
+        for text in [short_help(), long_help()] {
+            for line in text.lines() {
+                assert!(line.len() <= 80, "too long: {line:?}");
+            }
+        }
+        let long = long_help();
+        for (code, _) in Exit::TABLE {
+            assert!(
+                long.lines().any(|l| l.starts_with(&format!("  {code} "))),
+                "exit status {code} missing:\n{long}"
+            );
+        }
+        assert!(long.contains(EXAMPLES[0].commands[0]));
+        assert!(!long.contains(EXAMPLES[HELP_EXAMPLES].commands[0]));
+    }
+
+    /// The man page indents command lines by 11 columns.
+    #[test]
+    fn command_lines_fit_80_columns_in_the_man_page() {
+        let sections = [
+            DESCRIPTION,
+            WORKFLOW,
+            STREAM_FORMATS,
+            EXIT_STATUS,
+            GUARANTEES,
+        ];
+        let blocks = sections.iter().flat_map(|s| s.blocks.iter());
+        let commands = blocks
+            .filter_map(|b| match b {
+                Block::Commands(c) => Some(c.iter()),
+                _ => None,
+            })
+            .flatten()
+            .chain(EXAMPLES.iter().flat_map(|e| e.commands.iter()));
+        for line in commands {
+            assert!(line.len() <= 69, "too long: {line:?}");
+        }
+    }
+}

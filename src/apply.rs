@@ -28,24 +28,29 @@
 //! snapback must hold) can grow a batch.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::blockdev::{
-    direct_aligned, direct_io_override, read_full_at, AlignedVec, Device, DeviceKind, DIRECT_ALIGN,
+    direct_aligned, direct_io_override, read_full_at, AlignedVec, Device, DIRECT_ALIGN,
 };
 use crate::error::{Error, IoContext, Result};
+use crate::extent::ExtentKind;
 use crate::parallel;
-use crate::stream::{
-    v4, Format, Record, StreamError, StreamInfo, StreamReader, StreamTotals, StreamWriter,
-    WriterOptions,
-};
+use crate::session::{Done, Message, Plan};
+use crate::stream::manifest::{self, ChangesDigest, StreamIdentity};
+use crate::stream::{v4, Record, StreamError, StreamInfo, StreamReader, StreamTotals};
+
+mod check;
+mod snapback;
+
+use check::{Checker, State};
+use snapback::{PendingSnapback, Snapback, SnapbackOutcome};
 
 /// Bytes a batch holds (new data, and with a snapback the old contents saved from the
 /// destination) before it is handed to the writing side.
@@ -81,23 +86,58 @@ fn batch_held_bytes() -> usize {
 pub struct ApplyOptions {
     /// Save the overwritten contents here.
     pub snapback: Option<PathBuf>,
-    /// Overwrite an existing snapback file.
+    /// Overwrite an existing snapback file; apply a stream whose manifest the destination does
+    /// not match.
     pub force: bool,
+}
+
+/// How the stream can be read again from its start (a stream file, not a pipe): to look up the
+/// new contents of ranges that do not hold the snapshot's, before anything is written.
+pub type Reopen<'a> = &'a dyn Fn() -> std::io::Result<Box<dyn Read>>;
+
+/// What the receiver has besides the stream.
+#[derive(Default)]
+pub struct ApplyContext<'a> {
+    /// The back channel of a live session (see [`crate::session`]): the receiver answers the
+    /// manifest there, and the sender sends only the ranges it still needs.
+    pub session: Option<&'a mut dyn Write>,
+    pub reopen: Option<Reopen<'a>>,
 }
 
 /// What an apply did.
 #[derive(Debug, Clone)]
 pub struct ApplyReport {
     pub info: StreamInfo,
+    pub identity: Option<StreamIdentity>,
     pub totals: StreamTotals,
+    /// The snapback written (its totals), if one was.
     pub snapback: Option<StreamTotals>,
+    /// The snapback path already held the snapback of an earlier attempt at this change set,
+    /// which was kept.
+    pub snapback_kept: bool,
     /// The input was a snapback cut short by a crash: the stream byte where its last complete
     /// record ends. Every range it recorded was restored.
     pub interrupted_snapback: Option<u64>,
+    /// The destination was checked against the stream's manifest before it was written.
+    pub checked: bool,
+    /// Ranges skipped because the destination already held their new contents.
+    pub already_applied: u64,
+    /// Ranges applied onto contents that were not the expected ones (`--force`).
+    pub forced: u64,
 }
 
 /// Applies the stream read from `input` onto `dest`.
 pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Result<ApplyReport> {
+    apply_with(input, dest, opts, ApplyContext::default())
+}
+
+/// Applies the stream read from `input` onto `dest`, with what else the receiver has.
+pub fn apply_with<R: Read>(
+    input: R,
+    dest: &Path,
+    opts: &ApplyOptions,
+    mut ctx: ApplyContext<'_>,
+) -> Result<ApplyReport> {
     let dev = Device::open_write(dest)?;
     let mut reader = StreamReader::open(input)?;
     let info = reader.info().clone();
@@ -111,25 +151,141 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
             )));
         }
     }
-    let mut snapback = match &opts.snapback {
-        Some(path) => Some(Snapback::create(path, opts.force, &info, dest, &dev)?),
-        None => None,
+    // The identity, then a manifest (checked path) or the changes themselves.
+    let mut identity = None;
+    let mut pending = None;
+    let checked = loop {
+        let at = reader.position();
+        match reader.next_record() {
+            Ok(Some(Record::Identity(json))) => {
+                identity = Some(StreamIdentity::from_json(json).map_err(StreamError::Corrupt)?);
+            }
+            Ok(Some(Record::Manifest(_))) => {
+                reader.unread();
+                break true;
+            }
+            Ok(Some(_)) => {
+                reader.unread();
+                break false;
+            }
+            Ok(None) => break false,
+            Err(e) => {
+                pending = Some((at, e));
+                break false;
+            }
+        }
     };
     // Without O_DIRECT (some file systems), every record goes through the page cache.
     let direct = match direct_io_override() {
         Some(false) => None,
         _ => Device::open_write_direct(dest).ok().map(|d| d.file),
     };
-    if snapback.is_some() {
-        // Old contents are read at scattered places: no read-ahead.
-        let _ = rustix::fs::fadvise(&dev.file, 0, None, rustix::fs::Advice::Random);
-    }
     let target = Target {
         dev,
         direct,
         path: dest.to_owned(),
     };
+    let mut report = ApplyReport {
+        info,
+        identity,
+        totals: StreamTotals::default(),
+        snapback: None,
+        snapback_kept: false,
+        interrupted_snapback: None,
+        checked,
+        already_applied: 0,
+        forced: 0,
+    };
+    if checked {
+        apply_checked(&mut reader, &target, opts, &mut ctx, &mut report)?;
+    } else {
+        apply_write_ahead(&mut reader, &target, opts, pending, &mut report)?;
+    }
+    target
+        .dev
+        .sync()
+        .ctx(|| format!("{}: fsync failed", target.path.display()))?;
+    if let Some(back) = ctx.session.as_deref_mut() {
+        let done = Done {
+            written: report.totals.records - report.already_applied,
+            already_applied: report.already_applied,
+            bytes_written: report.totals.data_bytes + report.totals.zero_bytes,
+        };
+        session_send(back, &Message::Done(done))?;
+    }
+    Ok(report)
+}
+
+/// Applies a stream without a manifest (format 3, or format 4 from a source that has no prior
+/// contents to check against), keeping a write-ahead snapback if asked.
+fn apply_write_ahead<R: Read>(
+    reader: &mut StreamReader<R>,
+    target: &Target,
+    opts: &ApplyOptions,
+    pending: Option<(u64, StreamError)>,
+    report: &mut ApplyReport,
+) -> Result<()> {
+    let snapback = match &opts.snapback {
+        Some(path) => Some(Snapback::create(
+            path,
+            opts.force,
+            &report.info,
+            &target.path,
+            &target.dev,
+        )?),
+        None => None,
+    };
+    let keep_snapback = snapback.is_some();
+    let info = report.info.clone();
     let mut written = WrittenRanges::default();
+    let (interrupted, snapback_totals) = write_pipeline(target, snapback, |filler| {
+        if let Some((at, e)) = pending {
+            return snapback_cut(reader, &info, at, e);
+        }
+        loop {
+            let at = reader.position();
+            let record = match reader.next_record() {
+                Ok(Some(record)) => record,
+                Ok(None) => return Ok(None),
+                Err(e) => return snapback_cut(reader, &info, at, e),
+            };
+            let (offset, len) = match record {
+                Record::Data { offset, data } => (offset, data.len() as u64),
+                Record::Zero { offset, len } => (offset, len),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "unexpected record at stream byte {at}"
+                    )))
+                }
+            };
+            target.check_bounds(offset, len)?;
+            if keep_snapback {
+                written.insert_disjoint(offset, len).map_err(|_| {
+                    Error::Invalid(format!(
+                        "record at byte {offset} overlaps an earlier record: cannot keep an exact snapback for this stream"
+                    ))
+                })?;
+            }
+            filler.push(&record)?;
+        }
+    })?;
+    report.totals = reader.totals();
+    report.interrupted_snapback = interrupted;
+    report.snapback = snapback_totals;
+    Ok(())
+}
+
+/// Runs the saving and writing threads while `fill` pushes records into batches on the calling
+/// thread; returns what `fill` returned and the snapback's totals.
+fn write_pipeline<T>(
+    target: &Target,
+    mut snapback: Option<Snapback>,
+    fill: impl FnOnce(&mut Filler<'_>) -> Result<T>,
+) -> Result<(T, Option<StreamTotals>)> {
+    if snapback.is_some() {
+        // Old contents are read at scattered places: no read-ahead.
+        let _ = rustix::fs::fadvise(&target.dev.file, 0, None, rustix::fs::Advice::Random);
+    }
     let keep_snapback = snapback.is_some();
     // Batches whose old contents are durable in the snapback (write-ahead; see the module doc).
     let durable_batches = AtomicU64::new(0);
@@ -143,8 +299,7 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
     for _ in 0..BATCHES {
         pool_tx.send(Batch::default()).expect("the pool has room");
     }
-    let (totals, interrupted, snapback_totals) = std::thread::scope(|scope| {
-        let target = &target;
+    std::thread::scope(|scope| {
         let durable_batches = &durable_batches;
         let saver = scope.spawn(move || -> Result<Option<StreamTotals>> {
             for mut batch in full_rx {
@@ -175,7 +330,7 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
             }
             Ok(())
         });
-        let read = (|| -> Result<(StreamTotals, Option<u64>)> {
+        let filled = (|| -> Result<T> {
             let mut filler = Filler {
                 batch: Some(take_from_pool(&pool_rx)?),
                 seq: 0,
@@ -184,36 +339,9 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
                 keep_snapback,
                 held_bytes: batch_held_bytes(),
             };
-            let mut interrupted = None;
-            loop {
-                let at = reader.position();
-                let record = match reader.next_record() {
-                    Ok(Some(record)) => record,
-                    Ok(None) => break,
-                    Err(e) => match snapback_cut(&mut reader, &info, at, e)? {
-                        Some(end) => {
-                            interrupted = Some(end);
-                            break;
-                        }
-                        None => unreachable!("snapback_cut returns an error or the cut"),
-                    },
-                };
-                let (offset, len) = match record {
-                    Record::Data { offset, data } => (offset, data.len() as u64),
-                    Record::Zero { offset, len } => (offset, len),
-                };
-                target.check_bounds(offset, len)?;
-                if keep_snapback {
-                    written.insert_disjoint(offset, len).map_err(|_| {
-                        Error::Invalid(format!(
-                            "record at byte {offset} overlaps an earlier record: cannot keep an exact snapback for this stream"
-                        ))
-                    })?;
-                }
-                filler.push(&record)?;
-            }
+            let out = fill(&mut filler)?;
             filler.finish()?;
-            Ok((reader.totals(), interrupted))
+            Ok(out)
         })();
         drop(full_tx);
         let saved = saver.join().expect("snapback thread panicked");
@@ -221,19 +349,227 @@ pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Resu
         // A failed write explains why nothing more could be handed over: report it first.
         written?;
         let snapback_totals = saved?;
-        let (totals, interrupted) = read?;
-        Ok::<_, Error>((totals, interrupted, snapback_totals))
-    })?;
-    target
-        .dev
-        .sync()
-        .ctx(|| format!("{}: fsync failed", target.path.display()))?;
-    Ok(ApplyReport {
-        info,
-        totals,
-        snapback: snapback_totals,
-        interrupted_snapback: interrupted,
+        Ok((filled?, snapback_totals))
     })
+}
+
+/// Applies a stream with a manifest: every range is checked against the destination (and saved
+/// to the snapback) before any is written; ranges that already hold their new contents are
+/// skipped; a destination that is not a copy of the stream's snapshot is refused.
+fn apply_checked<R: Read>(
+    reader: &mut StreamReader<R>,
+    target: &Target,
+    opts: &ApplyOptions,
+    ctx: &mut ApplyContext<'_>,
+    report: &mut ApplyReport,
+) -> Result<()> {
+    let changes_claimed = report.identity.as_ref().and_then(|i| i.changes.clone());
+    let mut pending = match &opts.snapback {
+        Some(path) => Some(PendingSnapback::start(
+            path,
+            opts.force,
+            &report.info,
+            &target.path,
+            &target.dev,
+            changes_claimed.clone(),
+        )?),
+        None => None,
+    };
+    let _ = rustix::fs::fadvise(&target.dev.file, 0, None, rustix::fs::Advice::Random);
+    let mut checker = Checker::new();
+    let mut changes = ChangesDigest::new();
+    while !checker.complete() {
+        let at = reader.position();
+        match reader.next_record()? {
+            Some(Record::Manifest(p)) => {
+                let payload = manifest::parse(p).map_err(StreamError::Corrupt)?;
+                for e in &payload.entries {
+                    changes.push(&e.extent);
+                }
+                checker.check(target, &payload, &mut |offset, old| match &mut pending {
+                    Some(sb) => sb.save(offset, old),
+                    None => Ok(()),
+                })?;
+            }
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "expected a manifest record at stream byte {at}"
+                )))
+            }
+        }
+    }
+    let changes = changes.hex();
+    if changes_claimed.as_deref().is_some_and(|c| c != changes) {
+        return Err(StreamError::Corrupt(
+            "the identity record's change-set digest does not match the manifest".into(),
+        )
+        .into());
+    }
+    // Resolve the ranges that do not hold the snapshot's contents.
+    let live = ctx.session.is_some();
+    if let Some(back) = ctx.session.as_deref_mut() {
+        session_send(back, &Message::Suspects(checker.unresolved()))?;
+        while !checker.unresolved().is_empty() {
+            let at = reader.position();
+            match reader.next_record()? {
+                Some(Record::Resolution(p)) => {
+                    for (offset, new) in
+                        manifest::parse_resolution(p).map_err(StreamError::Corrupt)?
+                    {
+                        checker.resolve(target, offset, &new)?;
+                    }
+                }
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "expected a resolution record at stream byte {at}"
+                    )))
+                }
+            }
+        }
+    } else if !checker.unresolved().is_empty() {
+        if let Some(reopen) = ctx.reopen {
+            resolve_from_stream(reopen, &mut checker, target)?;
+        }
+    }
+    if let Some((offset, state)) = checker.refusal(true) {
+        let why = if state == State::Foreign {
+            format!(
+                "{}: not a copy of the snapshot this stream was made from, or changed since: at byte {offset} it holds neither the snapshot's contents nor the stream's",
+                target.path.display()
+            )
+        } else {
+            format!(
+                "{}: at byte {offset} it does not hold the snapshot's contents, and whether it holds the stream's (from an interrupted earlier apply) cannot be told from a pipe: apply the stream from a file or re-run the sync, or it is not a copy of the snapshot",
+                target.path.display()
+            )
+        };
+        if !opts.force {
+            if let Some(back) = ctx.session.as_deref_mut() {
+                session_send(back, &Message::Plan(Plan::Refuse(why.clone())))?;
+            }
+            return Err(Error::Invalid(format!(
+                "{why}; nothing written (--force applies anyway)"
+            )));
+        }
+    }
+    let entries = checker.entries();
+    let need: Vec<bool> = entries.iter().map(|e| e.state != State::Applied).collect();
+    report.already_applied = need.iter().filter(|n| !**n).count() as u64;
+    report.forced = entries
+        .iter()
+        .filter(|e| matches!(e.state, State::Foreign | State::Suspect))
+        .count() as u64;
+    if let Some(back) = ctx.session.as_deref_mut() {
+        session_send(back, &Message::Plan(Plan::Send(need.clone())))?;
+    }
+    // The whole snapback is durable before the first write.
+    if let Some(sb) = pending {
+        match sb.commit(Some(&changes))? {
+            SnapbackOutcome::Written(t) => report.snapback = Some(t),
+            SnapbackOutcome::Kept => report.snapback_kept = true,
+        }
+    }
+    let ((), _) = write_pipeline(target, None, |filler| {
+        let mut next = 0usize;
+        loop {
+            let at = reader.position();
+            let record = match reader.next_record()? {
+                Some(r) => r,
+                None => break,
+            };
+            let (offset, len, kind) = match record {
+                Record::Data { offset, data } => (offset, data.len() as u64, ExtentKind::Data),
+                Record::Zero { offset, len } => (offset, len, ExtentKind::Zero),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "unexpected record at stream byte {at}"
+                    )))
+                }
+            };
+            // Records follow the manifest, one per range; a live sender sends only the needed.
+            let i = loop {
+                let Some(e) = entries.get(next) else {
+                    return Err(Error::Invalid(format!(
+                        "record at stream byte {at} (byte {offset} of the volume) is not in the manifest"
+                    )));
+                };
+                next += 1;
+                if e.offset == offset {
+                    break next - 1;
+                }
+                if !(live && !need[next - 1]) {
+                    return Err(Error::Invalid(format!(
+                        "record at stream byte {at} is for byte {offset}, the manifest's next range is at byte {}",
+                        e.offset
+                    )));
+                }
+            };
+            let e = entries[i];
+            if e.len as u64 != len || e.kind != kind {
+                return Err(Error::Invalid(format!(
+                    "record at stream byte {at} does not match the manifest's range at byte {offset}"
+                )));
+            }
+            if need[i] {
+                filler.push(&record)?;
+            }
+        }
+        let missing = entries[next..]
+            .iter()
+            .zip(&need[next..])
+            .find(|(_, &n)| n || !live);
+        if let Some((e, _)) = missing {
+            return Err(Error::Invalid(format!(
+                "stream ends before the manifest's range at byte {}",
+                e.offset
+            )));
+        }
+        Ok(())
+    })?;
+    report.totals = reader.totals();
+    Ok(())
+}
+
+fn session_send(back: &mut dyn Write, m: &Message) -> Result<()> {
+    m.write_to(back)
+        .ctx(|| "the session's back channel: cannot write".into())
+}
+
+/// Resolves suspects from the stream file itself: reads it again from the start, taking the
+/// new contents of the suspect ranges from their records.
+fn resolve_from_stream(reopen: Reopen<'_>, checker: &mut Checker, target: &Target) -> Result<()> {
+    let input = reopen().ctx(|| "cannot read the stream again".into())?;
+    let mut r = StreamReader::open(input)?;
+    let wanted: std::collections::BTreeSet<u64> = checker.unresolved().into_iter().collect();
+    let block = checker.block();
+    let zero = vec![0u8; block as usize];
+    let mut digests = Vec::new();
+    let mut left = wanted.len();
+    while left > 0 {
+        let Some(record) = r.next_record()? else {
+            break;
+        };
+        digests.clear();
+        let offset = match record {
+            Record::Data { offset, data } if wanted.contains(&offset) => {
+                manifest::block_digests(data, block, &mut digests);
+                offset
+            }
+            Record::Zero { offset, len } if wanted.contains(&offset) => {
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(block);
+                    digests.push(manifest::block_digest(&zero[..n as usize]));
+                    done += n;
+                }
+                offset
+            }
+            _ => continue,
+        };
+        checker.resolve(target, offset, &digests)?;
+        left -= 1;
+    }
+    Ok(())
 }
 
 /// Judges a stream error at stream byte `at` (where the failing record starts). A snapback
@@ -308,6 +644,8 @@ impl Filler<'_> {
                     done += n;
                 }
             }
+            // Only data and zero records change the destination.
+            Record::Identity(_) | Record::Manifest(_) | Record::Resolution(_) => {}
         }
         let held_bytes = self.held_bytes;
         let batch = self.batch();
@@ -660,179 +998,6 @@ impl Batch {
             target.read_old(offset, buf)
         })?;
         Ok(old_at)
-    }
-}
-
-/// The snapback file, shared between its stream writer (which buffers) and the code that
-/// makes it durable.
-#[derive(Clone)]
-struct SharedFile(Arc<File>);
-
-impl Write for SharedFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        (&*self.0).write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Whether two stats name the same file, or the same block device through different nodes.
-fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    (a.dev() == b.dev() && a.ino() == b.ino())
-        || (a.file_type().is_block_device()
-            && b.file_type().is_block_device()
-            && a.rdev() == b.rdev())
-}
-
-/// A snapback file being written.
-struct Snapback {
-    path: PathBuf,
-    file: SharedFile,
-    writer: StreamWriter<SharedFile>,
-}
-
-impl Snapback {
-    /// Creates the snapback file for an apply onto `dest` (open as `dest_dev`) and makes it,
-    /// with its header, durable. Refused, before anything is opened for writing: an existing
-    /// file without `force`, anything but a regular file, the destination itself (by any path),
-    /// and a file on a file system that lives on the destination.
-    fn create(
-        path: &Path,
-        force: bool,
-        info: &StreamInfo,
-        dest: &Path,
-        dest_dev: &Device,
-    ) -> Result<Self> {
-        let refuse = |why: &str| Error::Invalid(format!("{}: {why}", path.display()));
-        let dest_meta = dest_dev
-            .file
-            .metadata()
-            .ctx(|| format!("{}: cannot stat", dest.display()))?;
-        let check = |meta: &std::fs::Metadata| -> Result<()> {
-            if same_file(meta, &dest_meta) {
-                return Err(refuse(&format!(
-                    "the snapback cannot be the destination {} itself",
-                    dest.display()
-                )));
-            }
-            if !meta.is_file() {
-                return Err(refuse("snapback must be a regular file"));
-            }
-            Ok(())
-        };
-        match std::fs::metadata(path) {
-            Ok(meta) => {
-                check(&meta)?;
-                if !force {
-                    return Err(refuse(
-                        "snapback file already exists (use --force to overwrite it)",
-                    ));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("{}: cannot stat", path.display()), e)),
-        }
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let parent_meta =
-            std::fs::metadata(parent).ctx(|| format!("{}: cannot stat", parent.display()))?;
-        if dest_dev.kind == DeviceKind::BlockDevice && parent_meta.dev() == dest_meta.rdev() {
-            return Err(refuse(&format!(
-                "the snapback's file system is on the destination {}",
-                dest.display()
-            )));
-        }
-        // Old contents of the volume: readable by the owner only (or as strict as DEST).
-        let mode = 0o600 & dest_meta.permissions().mode();
-        let mut open = OpenOptions::new();
-        open.write(true)
-            .mode(mode)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
-        if force {
-            open.create(true);
-        } else {
-            open.create_new(true);
-        }
-        let file = open.open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::Invalid(format!(
-                    "{}: snapback file already exists (use --force to overwrite it)",
-                    path.display()
-                ))
-            } else {
-                Error::io(
-                    format!("{}: cannot create snapback file", path.display()),
-                    e,
-                )
-            }
-        })?;
-        // The path may have changed since it was checked: check what was opened, before
-        // anything is written to it.
-        let ctx = || format!("{}: cannot write snapback", path.display());
-        check(&file.metadata().ctx(ctx)?)?;
-        file.set_len(0).ctx(ctx)?;
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .ctx(ctx)?;
-        let opts = WriterOptions {
-            format: Format::V4,
-            source_bytes: dest_dev.size,
-            chunk_bytes: info.chunk_bytes.unwrap_or(4096),
-            compress: info.compressed.then_some(1),
-            snapback: true,
-        };
-        let file = SharedFile(Arc::new(file));
-        let writer = StreamWriter::new(file.clone(), &opts).map_err(|e| snapback_error(path, e))?;
-        let mut snapback = Snapback {
-            path: path.to_owned(),
-            file,
-            writer,
-        };
-        snapback.make_durable()?;
-        // The file's name must survive a crash too.
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .ctx(|| format!("{}: cannot sync the directory", parent.display()))?;
-        Ok(snapback)
-    }
-
-    /// Appends the old contents `old` of the destination at `offset`.
-    fn save(&mut self, offset: u64, old: &[u8]) -> Result<()> {
-        self.writer
-            .data(offset, old)
-            .map_err(|e| snapback_error(&self.path, e))
-    }
-
-    fn make_durable(&mut self) -> Result<()> {
-        self.writer
-            .flush()
-            .map_err(|e| snapback_error(&self.path, e))?;
-        self.file
-            .0
-            .sync_data()
-            .ctx(|| format!("{}: cannot write snapback", self.path.display()))
-    }
-
-    fn finish(self) -> Result<StreamTotals> {
-        let (file, totals) = self
-            .writer
-            .finish()
-            .map_err(|e| snapback_error(&self.path, e))?;
-        file.0
-            .sync_all()
-            .ctx(|| format!("{}: cannot write snapback", self.path.display()))?;
-        Ok(totals)
-    }
-}
-
-/// A snapback write error, with the file's name.
-fn snapback_error(path: &Path, e: StreamError) -> Error {
-    match e {
-        StreamError::Io(e) => Error::io(format!("{}: cannot write snapback", path.display()), e),
-        other => other.into(),
     }
 }
 

@@ -69,6 +69,11 @@ pub struct OfflineSourceArgs {
     /// bounds `changes`.
     #[arg(long, value_name = "DEV", short = 'r')]
     pub data_source: Option<PathBuf>,
+    /// An image (or device) with the snapshot's own contents, read to check the destination
+    /// before it is written: needed for that check with --thin-metadata; live snapshots and
+    /// --cow stores have their own.
+    #[arg(long, value_name = "DEV")]
+    pub base_source: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +90,10 @@ pub struct SyncArgs {
     /// Deprecated spelling of `--apply -`.
     #[arg(long, hide = true)]
     pub server: bool,
+    /// With `--apply -`: hold a live session with the sender on standard output (what a sender
+    /// asks of a remote lvmsync).
+    #[arg(long, hide = true)]
+    pub session: bool,
     /// While applying, save the overwritten data here (a stream that rolls DEST back).
     #[arg(short = 'b', long, value_name = "FILE")]
     pub snapback: Option<String>,
@@ -149,6 +158,8 @@ pub struct SendConfig {
     pub source: ChangeSourceSpec,
     /// Where changed data is read from, when not the snapshot's origin.
     pub data_source: Option<PathBuf>,
+    /// Where the snapshot's own contents are read for the manifest, when given.
+    pub base_source: Option<PathBuf>,
     pub target: SendTarget,
     /// How the stream is written: format, compression, reads in flight.
     pub stream: SendOptions,
@@ -162,6 +173,8 @@ pub struct SendConfig {
 pub struct ApplyConfig {
     pub input: String,
     pub dest: PathBuf,
+    /// Answer the sender on standard output (a live session, input `-` only).
+    pub session: bool,
     /// Snapback file and `--force`.
     pub options: ApplyOptions,
     pub verbosity: Verbosity,
@@ -274,9 +287,13 @@ impl Cli {
                     usage(format!("--apply takes one DEST, got {}", p.len()))
                 }
             })?;
+            if a.session && input != "-" {
+                return Err(usage("--session needs --apply -"));
+            }
             return Ok(Config::Apply(ApplyConfig {
                 input,
                 dest: PathBuf::from(dest),
+                session: a.session,
                 options: ApplyOptions {
                     snapback: a.snapback.map(PathBuf::from),
                     force: a.force,
@@ -325,6 +342,7 @@ impl Cli {
         let config = SendConfig {
             source,
             data_source: a.source.data_source,
+            base_source: a.source.base_source,
             target,
             stream: SendOptions {
                 format: a.format,
@@ -336,6 +354,7 @@ impl Cli {
                 force: a.force,
                 rsh: a.rsh,
                 remote_path: a.remote_path,
+                session: a.format == Format::V4,
             },
             verbosity,
         };

@@ -62,6 +62,21 @@ pub fn stream(data: &[u8]) {
                 let (offset, len) = match record {
                     Record::Data { offset, data } => (offset, data.len() as u64),
                     Record::Zero { offset, len } => (offset, len),
+                    Record::Identity(json) => {
+                        crate::stream::manifest::StreamIdentity::from_json(json)
+                            .expect("the reader yields identities that parse");
+                        continue;
+                    }
+                    Record::Manifest(payload) => {
+                        crate::stream::manifest::parse(payload)
+                            .expect("the reader yields manifests that parse");
+                        continue;
+                    }
+                    Record::Resolution(payload) => {
+                        crate::stream::manifest::parse_resolution(payload)
+                            .expect("the reader yields resolutions that parse");
+                        continue;
+                    }
                 };
                 let end = offset.checked_add(len).expect("record end overflows");
                 assert!(len > 0, "empty format 4 record at {offset}");

@@ -25,6 +25,7 @@ pub mod lvm;
 pub mod msg;
 pub mod parallel;
 pub mod send;
+pub mod session;
 pub mod source;
 pub mod stream;
 pub mod transport;

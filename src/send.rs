@@ -19,7 +19,7 @@
 //! read through the page cache (their pages may well be cached); `LVMSYNC_DIRECT_IO=on|off`
 //! overrides the choice.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,9 +32,11 @@ use crate::blockdev::{
 use crate::error::{Error, IoContext, Result};
 use crate::extent::{Extent, ExtentKind};
 use crate::parallel;
-use crate::source::ChangeSet;
+use crate::session::{Message, Plan};
+use crate::source::{ChangeSet, PriorSource};
+use crate::stream::manifest::{ChangesDigest, StreamIdentity};
 use crate::stream::{
-    EncodedRecords, Format, RecordEncoder, StreamTotals, StreamWriter, WriterOptions,
+    EncodedRecords, Format, RecordEncoder, StreamError, StreamTotals, StreamWriter, WriterOptions,
 };
 
 /// Largest single read, and so the largest record lvmsync writes.
@@ -61,12 +63,32 @@ impl Default for SendOptions {
     }
 }
 
+mod manifest;
+
+/// What a stream carries besides its changes, and the session it may be sent over.
+#[derive(Default)]
+pub struct StreamExtras<'a, 's> {
+    /// Where the stream comes from (format 4: its identity record).
+    pub identity: Option<StreamIdentity>,
+    /// A device or image holding the snapshot's contents at the volume's offsets: with it, a
+    /// format 4 stream carries a manifest, and the receiver checks the destination against it.
+    pub prior: Option<&'a PriorSource>,
+    /// The back channel of a live session with the receiver (see [`crate::session`]).
+    pub session: Option<&'s mut dyn Read>,
+}
+
 /// What a send did.
 #[derive(Debug, Clone)]
 pub struct SendReport {
     pub ranges: usize,
     pub totals: StreamTotals,
     pub elapsed: Duration,
+    /// The stream carried a manifest: the receiver checked the destination against it.
+    pub checked: bool,
+    /// Ranges not sent because the receiver already had them (a resumed sync).
+    pub already_applied: u64,
+    /// Bytes of the volume in those ranges.
+    pub already_applied_bytes: u64,
 }
 
 /// A sink for progress: called with the bytes of the volume covered so far.
@@ -79,6 +101,25 @@ pub fn send_changes<W: Write>(
     out: W,
     opts: &SendOptions,
     progress: Progress<'_>,
+) -> Result<(W, SendReport)> {
+    send_changes_with(
+        changes,
+        source,
+        out,
+        opts,
+        progress,
+        StreamExtras::default(),
+    )
+}
+
+/// [`send_changes`] with an identity, a manifest and a live session.
+pub fn send_changes_with<W: Write>(
+    changes: &ChangeSet,
+    source: &Path,
+    out: W,
+    opts: &SendOptions,
+    progress: Progress<'_>,
+    extras: StreamExtras<'_, '_>,
 ) -> Result<(W, SendReport)> {
     let start = Instant::now();
     let dev = Device::open_read(source)?;
@@ -101,7 +142,9 @@ pub fn send_changes<W: Write>(
             dev
         }
     };
-    send_from(&dev, source, changes, &pieces, out, opts, progress, start)
+    send_from(
+        &dev, source, changes, &pieces, out, opts, progress, start, extras,
+    )
 }
 
 /// Sends `pieces` (the changed ranges of `changes`, cut for reading) read from `dev`.
@@ -115,6 +158,7 @@ fn send_from<W: Write>(
     opts: &SendOptions,
     progress: Progress<'_>,
     start: Instant,
+    extras: StreamExtras<'_, '_>,
 ) -> Result<(W, SendReport)> {
     let wopts = WriterOptions {
         format: opts.format,
@@ -124,6 +168,52 @@ fn send_from<W: Write>(
         snapback: false,
     };
     let mut writer = StreamWriter::new(out, &wopts)?;
+    let v4 = opts.format == Format::V4;
+    let prior = extras.prior.filter(|_| v4);
+    if let Some(mut id) = extras.identity.filter(|_| v4) {
+        if prior.is_some() {
+            let mut digest = ChangesDigest::new();
+            pieces.iter().for_each(|p| digest.push(p));
+            id.changes = Some(digest.hex());
+        }
+        writer.identity(&id)?;
+    }
+    if let Some(prior) = prior {
+        manifest::write_manifest(&mut writer, pieces, prior)?;
+    }
+    let mut session = extras.session;
+    let needed: Vec<Extent>;
+    let pieces = match session.as_deref_mut().filter(|_| prior.is_some()) {
+        Some(back) => {
+            writer.flush()?;
+            match read_message(back)? {
+                Message::Suspects(offsets) => {
+                    manifest::write_resolutions(&mut writer, pieces, &offsets, source)?;
+                    writer.flush()?;
+                }
+                other => return Err(unexpected(other)),
+            }
+            match read_message(back)? {
+                Message::Plan(Plan::Send(bits)) if bits.len() == pieces.len() => {
+                    needed = pieces
+                        .iter()
+                        .zip(&bits)
+                        .filter(|(_, &b)| b)
+                        .map(|(p, _)| *p)
+                        .collect();
+                    &needed[..]
+                }
+                Message::Plan(Plan::Refuse(why)) => {
+                    return Err(Error::Invalid(format!("the receiver refused: {why}")))
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+        None => pieces,
+    };
+    let already_applied_bytes =
+        changes.extents.total_bytes() - pieces.iter().map(|p| p.len).sum::<u64>();
+    let already_applied = (changes.extents.pieces(READ_PIECE).count() - pieces.len()) as u64;
     let depth = opts.queue_depth.max(1);
     let encoders = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
@@ -144,15 +234,46 @@ fn send_from<W: Write>(
             Ok(())
         },
     )?;
-    let (out, totals) = writer.finish()?;
+    let (mut out, totals) = writer.finish()?;
+    if let Some(back) = session {
+        out.flush().map_err(StreamError::Io)?;
+        match read_message(back)? {
+            Message::Done(_) => {}
+            other => return Err(unexpected(other)),
+        }
+    }
     Ok((
         out,
         SendReport {
             ranges: changes.extents.len(),
             totals,
             elapsed: start.elapsed(),
+            checked: prior.is_some(),
+            already_applied,
+            already_applied_bytes,
         },
     ))
+}
+
+/// The next message of the session's back channel. Its end means the receiver stopped: the
+/// transport reports why.
+fn read_message(back: &mut dyn Read) -> Result<Message> {
+    Message::read_from(back).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::Invalid("the receiver ended the session".into())
+        } else {
+            Error::io("the session's back channel", e)
+        }
+    })
+}
+
+fn unexpected(m: Message) -> Error {
+    match m {
+        Message::Failed(why) => Error::Invalid(format!("the receiver failed: {why}")),
+        other => Error::Invalid(format!(
+            "the receiver sent an unexpected message: {other:?}"
+        )),
+    }
 }
 
 /// O_DIRECT needs every read's offset and length aligned; it pays off on block devices, whose
@@ -321,6 +442,7 @@ mod tests {
                 &opts,
                 &|_| {},
                 Instant::now(),
+                StreamExtras::default(),
             )
             .unwrap();
             assert_eq!(
@@ -336,6 +458,7 @@ mod tests {
                         covered.push(Extent::data(offset, data.len() as u64));
                     }
                     Record::Zero { offset, len } => covered.push(Extent::zero(offset, len)),
+                    other => panic!("unexpected record {other:?}"),
                 }
             }
             assert_eq!(ExtentList::from_extents(covered), changes.extents);

@@ -83,6 +83,8 @@ fn record_spans(bytes: &[u8]) -> Vec<(u64, u64, u64, u64)> {
         let (off, len) = match rec {
             lvmsync::stream::Record::Data { offset, data } => (offset, data.len() as u64),
             lvmsync::stream::Record::Zero { offset, len } => (offset, len),
+            // The snapback's identity record.
+            _ => continue,
         };
         spans.push((start, r.position(), off, len));
     }

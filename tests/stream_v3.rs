@@ -28,7 +28,7 @@ fn read_all(bytes: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StreamError> {
     while let Some(rec) = r.next_record()? {
         match rec {
             Record::Data { offset, data } => out.push((offset, data.to_vec())),
-            Record::Zero { .. } => panic!("format 3 has no zero records"),
+            other => panic!("format 3 has only data records, got {other:?}"),
         }
     }
     Ok(out)

@@ -39,6 +39,7 @@ fn read_all(bytes: &[u8]) -> Result<(Vec<Rec>, StreamTotals), StreamError> {
         out.push(match rec {
             Record::Data { offset, data } => Rec::Data(offset, data.to_vec()),
             Record::Zero { offset, len } => Rec::Zero(offset, len),
+            other => panic!("unexpected record {other:?}"),
         });
     }
     Ok((out, r.totals()))

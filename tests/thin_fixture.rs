@@ -47,6 +47,44 @@ fn fixture_mappings_match_thin_dump() {
     assert_eq!(sb.metadata_snap, 0);
 }
 
+/// `mapped_extents` covers the whole volume: data where `mappings` has a block, zeros elsewhere,
+/// cut at the volume's end.
+#[test]
+fn fixture_mapped_extents_follow_the_mappings() {
+    use lvmsync::extent::{Extent, ExtentList};
+    let dir = tempfile::tempdir().unwrap();
+    let meta = gunzip_fixture("tmeta.img.gz", dir.path());
+    for dev_id in [1, 2] {
+        let blocks: Vec<u64> = thin::mappings(&meta, dev_id, MetadataRoot::Superblock)
+            .unwrap()
+            .iter()
+            .map(|m| m.block)
+            .collect();
+        let bytes = 65536u64;
+        let last = *blocks.last().unwrap();
+        for volume in [(last + 5) * bytes, (last + 1) * bytes, last * bytes + 1000] {
+            let (got, block_bytes) =
+                thin::mapped_extents(&meta, dev_id, MetadataRoot::Superblock, volume).unwrap();
+            assert_eq!(block_bytes, bytes);
+            let mut want = Vec::new();
+            for b in 0..volume.div_ceil(bytes) {
+                let (off, len) = (b * bytes, bytes.min(volume - b * bytes));
+                want.push(if blocks.contains(&b) {
+                    Extent::data(off, len)
+                } else {
+                    Extent::zero(off, len)
+                });
+            }
+            assert_eq!(
+                got,
+                ExtentList::from_extents(want),
+                "dev {dev_id} volume {volume}"
+            );
+            assert_eq!(got.total_bytes(), volume);
+        }
+    }
+}
+
 #[test]
 fn fixture_unknown_device_is_reported() {
     let dir = tempfile::tempdir().unwrap();

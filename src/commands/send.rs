@@ -8,7 +8,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use crate::cli::SendConfig;
 use crate::error::{Error, Result};
 use crate::msg::Verbosity;
-use crate::send::{send_changes, SendReport};
+use crate::send::{send_changes_with, SendReport, StreamExtras};
 use crate::source::{self, ChangeSet};
 use crate::transport::Destination;
 
@@ -16,12 +16,13 @@ pub fn run(config: SendConfig) -> Result<()> {
     let SendConfig {
         source,
         data_source,
+        base_source,
         target,
         stream,
         receiver,
         verbosity,
     } = config;
-    let resolved = source::resolve(&source, data_source.as_deref())?;
+    let resolved = source::resolve(&source, data_source.as_deref(), base_source.as_deref())?;
     let changes = &resolved.changes;
     let data_path = resolved
         .data_source
@@ -52,8 +53,14 @@ pub fn run(config: SendConfig) -> Result<()> {
         }
     };
     let destination = Destination::open(&target, &receiver, verbosity)?;
-    let report = destination.send(|out| {
-        send_changes(changes, data_path, out, &stream, &progress).map(|(_, report)| report)
+    let report = destination.send(|out, session| {
+        let extras = StreamExtras {
+            identity: Some(resolved.identity.clone()),
+            prior: resolved.prior.as_ref(),
+            session,
+        };
+        send_changes_with(changes, data_path, out, &stream, &progress, extras)
+            .map(|(_, report)| report)
     })?;
     if let Some(b) = bar {
         b.finish_and_clear();

@@ -56,10 +56,16 @@ pub struct ClassicSnapshot {
     pub name: String,
     /// The device to read data from: the origin LV's `/dev/mapper` path.
     pub origin: PathBuf,
+    /// The snapshot LV's own `/dev/mapper` path: its point-in-time contents.
+    pub snapshot: PathBuf,
     /// The exception-store device (`/dev/mapper/VG-LV-cow`).
     pub cow: PathBuf,
     pub chunk_bytes: u64,
     pub origin_bytes: u64,
+    /// `vg/lv` of the origin.
+    pub origin_name: String,
+    pub origin_uuid: Option<String>,
+    pub snapshot_uuid: Option<String>,
 }
 
 /// A thin snapshot.
@@ -69,6 +75,11 @@ pub struct ThinSnapshot {
     pub name: String,
     /// The origin thin LV's `/dev/mapper` path.
     pub origin: PathBuf,
+    /// The snapshot LV's own `/dev/mapper` path when it is active (thin snapshots are not
+    /// activated by default).
+    pub snapshot: Option<PathBuf>,
+    /// The thin-pool device (`major:minor`), for a private read-only view of the snapshot.
+    pub pool: DevNum,
     /// The thin-pool target's dm name, e.g. `vg-pool-tpool` (for `dmsetup message/status`).
     pub pool_dm_name: String,
     /// The pool's metadata device.
@@ -77,6 +88,10 @@ pub struct ThinSnapshot {
     pub origin_id: u64,
     pub block_bytes: u64,
     pub origin_bytes: u64,
+    /// `vg/lv` of the origin.
+    pub origin_name: String,
+    pub origin_uuid: Option<String>,
+    pub snapshot_uuid: Option<String>,
 }
 
 /// Finds the snapshot at `path` (`/dev/VG/LV`, `/dev/mapper/VG-LV`, a link to `/dev/dm-N`).
@@ -272,9 +287,13 @@ fn classic(
     Ok(ClassicSnapshot {
         name: full.clone(),
         origin: mapper_path(tools, origin_dev, origin_full)?,
+        snapshot: mapper_path(tools, dev, full)?,
         cow: mapper_path(tools, snap.cow, &format!("{full} exception store"))?,
         chunk_bytes: snap.chunk_sectors * 512,
         origin_bytes: origin_row.size_bytes()?,
+        origin_name: origin_full.clone(),
+        origin_uuid: origin_row.uuid(),
+        snapshot_uuid: row.uuid(),
     })
 }
 
@@ -356,12 +375,20 @@ fn thin(
     Ok(ThinSnapshot {
         name: full.clone(),
         origin: mapper_path(tools, origin_dev, origin_full)?,
+        snapshot: match dev {
+            Some(dev) => Some(mapper_path(tools, dev, full)?),
+            None => None,
+        },
+        pool: pool_dev,
         pool_dm_name: pool_info.name,
         metadata: mapper_path(tools, pool.metadata, &format!("{pool_name} metadata"))?,
         snap_id,
         origin_id,
         block_bytes,
         origin_bytes: origin_row.size_bytes()?,
+        origin_name: origin_full.clone(),
+        origin_uuid: origin_row.uuid(),
+        snapshot_uuid: row.uuid(),
     })
 }
 

@@ -7,7 +7,7 @@ use crate::error::Error;
 /// The fields requested from `lvs`; every one exists in LVM 2.03.16.
 pub const LVS_FIELDS: &str = "vg_name,lv_name,lv_full_name,lv_attr,lv_size,origin,origin_size,\
 pool_lv,thin_id,chunk_size,segtype,lv_dm_path,lv_kernel_major,lv_kernel_minor,lv_merging,\
-lv_snapshot_invalid,lv_role";
+lv_snapshot_invalid,lv_role,lv_uuid";
 
 /// One LV as reported by `lvs --units b --nosuffix` (all values are strings in LVM's JSON).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -39,6 +39,8 @@ pub struct LvRow {
     pub lv_snapshot_invalid: String,
     #[serde(default)]
     pub lv_role: String,
+    #[serde(default)]
+    pub lv_uuid: String,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +106,12 @@ impl LvRow {
     /// Fifth character of lv_attr: state (`I` invalid snapshot, ...).
     pub fn attr_state(&self) -> char {
         self.lv_attr.chars().nth(4).unwrap_or('-')
+    }
+
+    /// The LV's UUID, if the report has one.
+    pub fn uuid(&self) -> Option<String> {
+        let u = self.lv_uuid.trim();
+        (!u.is_empty()).then(|| u.to_string())
     }
 
     pub fn is_merging(&self) -> bool {

@@ -113,9 +113,13 @@ fn classic_snapshot_by_any_path() {
     let want = ClassicSnapshot {
         name: "vg0/snap".into(),
         origin: "/dev/mapper/vg0-origin".into(),
+        snapshot: "/dev/mapper/vg0-snap".into(),
         cow: "/dev/mapper/vg0-snap-cow".into(),
         chunk_bytes: 4096,
         origin_bytes: 64 << 20,
+        origin_name: "vg0/origin".into(),
+        origin_uuid: None,
+        snapshot_uuid: None,
     };
     let PathKind::Block(dev) = s.paths[Path::new("/dev/mapper/vg0-snap")] else {
         unreachable!()
@@ -133,12 +137,20 @@ fn thin_snapshot() {
     let want = ThinSnapshot {
         name: "vg0/tsnap".into(),
         origin: "/dev/mapper/vg0-thin1".into(),
+        snapshot: Some("/dev/mapper/vg0-tsnap".into()),
+        pool: DevNum {
+            major: 253,
+            minor: 6,
+        },
         pool_dm_name: "vg0-pool-tpool".into(),
         metadata: "/dev/mapper/vg0-pool_tmeta".into(),
         snap_id: 2,
         origin_id: 1,
         block_bytes: 65536,
         origin_bytes: 128 << 20,
+        origin_name: "vg0/thin1".into(),
+        origin_uuid: None,
+        snapshot_uuid: None,
     };
     assert_eq!(thin(&s, "/dev/vg0/tsnap"), want);
     assert_eq!(thin(&s, "/dev/mapper/vg0-tsnap"), want);
@@ -152,9 +164,13 @@ fn hyphenated_names_and_a_striped_origin() {
         ClassicSnapshot {
             name: "my-vg/data-lv-snap".into(),
             origin: "/dev/mapper/my--vg-data--lv".into(),
+            snapshot: "/dev/mapper/my--vg-data--lv--snap".into(),
             cow: "/dev/mapper/my--vg-data--lv--snap-cow".into(),
             chunk_bytes: 16384,
             origin_bytes: 16 << 20,
+            origin_name: "my-vg/data-lv".into(),
+            origin_uuid: None,
+            snapshot_uuid: None,
         }
     );
     assert_eq!(
@@ -162,12 +178,20 @@ fn hyphenated_names_and_a_striped_origin() {
         ThinSnapshot {
             name: "my-vg/th-lv-snap".into(),
             origin: "/dev/mapper/my--vg-th--lv".into(),
+            snapshot: Some("/dev/mapper/my--vg-th--lv--snap".into()),
+            pool: DevNum {
+                major: 253,
+                minor: 16,
+            },
             pool_dm_name: "my--vg-th--pool-tpool".into(),
             metadata: "/dev/mapper/my--vg-th--pool_tmeta".into(),
             snap_id: 2,
             origin_id: 1,
             block_bytes: 131072,
             origin_bytes: 32 << 20,
+            origin_name: "my-vg/th-lv".into(),
+            origin_uuid: None,
+            snapshot_uuid: None,
         }
     );
 }

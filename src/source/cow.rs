@@ -128,12 +128,17 @@ impl ExceptionStore {
     }
 
     /// The origin chunk of every exception, in table order (not sorted).
+    pub fn old_chunks(&self) -> Result<Vec<u64>> {
+        Ok(self.exceptions()?.into_iter().map(|(old, _)| old).collect())
+    }
+
+    /// Every exception, `(origin chunk, store chunk holding its old contents)`, in table order.
     ///
     /// Metadata areas are one chunk each, a data area apart: one small read per area. A large
     /// table means thousands of them, so up to [`AREA_READS_IN_FLIGHT`] are read at once (a
     /// little past the end of the table at most), and parsed in order
     /// ([`parallel::in_order`]).
-    pub fn old_chunks(&self) -> Result<Vec<u64>> {
+    pub fn exceptions(&self) -> Result<Vec<(u64, u64)>> {
         let cb = self.chunk_bytes();
         let per_area = cb / EXCEPTION_BYTES;
         let store_chunks = self.dev.size / cb;
@@ -181,7 +186,7 @@ impl ExceptionStore {
         area: u64,
         bytes: &[u8],
         store_chunks: u64,
-        out: &mut Vec<u64>,
+        out: &mut Vec<(u64, u64)>,
     ) -> Result<bool> {
         for e in bytes.chunks_exact(EXCEPTION_BYTES as usize) {
             let old = u64::from_le_bytes(e[..8].try_into().unwrap());
@@ -197,9 +202,24 @@ impl ExceptionStore {
                     ),
                 ));
             }
-            out.push(old);
+            out.push((old, new));
         }
         Ok(true)
+    }
+
+    /// The snapshot's contents of chunk-aligned ranges, read from the chunks the store saved.
+    /// Reading a range that holds a chunk without an exception is an error (nothing would tell
+    /// its snapshot contents apart from the origin's).
+    pub fn snapshot_reader(&self) -> Result<SnapshotChunks<'_>> {
+        let mut map: Vec<(u64, u64)> = self.exceptions()?;
+        map.sort_unstable();
+        // The table is read with O_DIRECT; chunks go through the page cache into any buffer.
+        let data = Device::open_read(&self.path)?;
+        Ok(SnapshotChunks {
+            store: self,
+            data,
+            map,
+        })
     }
 
     /// The changed ranges of an origin of `origin_bytes`. An exception beyond the origin means
@@ -223,6 +243,52 @@ impl ExceptionStore {
             chunk_bytes: cb,
             volume_bytes: origin_bytes,
         })
+    }
+}
+
+/// Reads a classic snapshot's contents of changed ranges from its exception store.
+pub struct SnapshotChunks<'a> {
+    store: &'a ExceptionStore,
+    data: Device,
+    /// `(origin chunk, store chunk)`, sorted by origin chunk.
+    map: Vec<(u64, u64)>,
+}
+
+impl SnapshotChunks<'_> {
+    /// Fills `buf` with the snapshot's contents at `offset` of the volume.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let cb = self.store.chunk_bytes();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let chunk = at / cb;
+            let within = at % cb;
+            let n = ((cb - within) as usize).min(buf.len() - done);
+            let new = match self.map.binary_search_by_key(&chunk, |&(old, _)| old) {
+                Ok(i) => self.map[i].1,
+                Err(_) => {
+                    return Err(cow_err(
+                        &self.store.path,
+                        format!("no exception for origin chunk {chunk}: its snapshot contents are not in the store"),
+                    ))
+                }
+            };
+            let dst = &mut buf[done..done + n];
+            let got = read_full_at(&self.data.file, dst, new * cb + within).ctx(|| {
+                format!(
+                    "{}: cannot read saved chunk {new}",
+                    self.store.path.display()
+                )
+            })?;
+            if got != n {
+                return Err(cow_err(
+                    &self.store.path,
+                    format!("saved chunk {new} is cut short"),
+                ));
+            }
+            done += n;
+        }
+        Ok(())
     }
 }
 

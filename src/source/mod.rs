@@ -40,3 +40,14 @@ pub struct ChangeSet {
     /// Size of the volume the extents refer to.
     pub volume_bytes: u64,
 }
+
+/// Where the snapshot's own contents of the changed ranges are read: what a true copy of the
+/// snapshot holds there, and so what a destination must hold before the changes are applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PriorSource {
+    /// A device or image with the snapshot's contents at the volume's offsets (the snapshot LV
+    /// itself, or an image of it).
+    Device(std::path::PathBuf),
+    /// A classic exception store: the changed chunks' old contents are the chunks it saved.
+    CowStore(std::path::PathBuf),
+}

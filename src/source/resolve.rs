@@ -15,7 +15,8 @@ use crate::extent::ExtentList;
 use crate::lvm::{self, ClassicSnapshot, Snapshot, ThinSnapshot};
 use crate::source::cow::ExceptionStore;
 use crate::source::thin::{self, MetadataRoot};
-use crate::source::{ChangeSet, ChangeSourceSpec};
+use crate::source::{ChangeSet, ChangeSourceSpec, PriorSource};
+use crate::stream::manifest::{StreamIdentity, VolumeIdentity};
 
 /// What a change source resolved to.
 #[derive(Debug)]
@@ -26,6 +27,11 @@ pub struct Resolved {
     pub data_source: Option<PathBuf>,
     /// The live classic snapshot the changes come from, if they do: see [`Resolved::recheck`].
     pub classic: Option<ClassicSnapshot>,
+    /// What the stream is made from (its identity record).
+    pub identity: StreamIdentity,
+    /// Where the snapshot's contents of the changed ranges are read, for the manifest that lets
+    /// the receiver check its destination; `None` when no such source is known.
+    pub prior: Option<PriorSource>,
 }
 
 impl Resolved {
@@ -49,8 +55,38 @@ struct DataSource {
     bytes: u64,
 }
 
-/// Reads the change list of `spec`; `data_source` is `--data-source`.
-pub fn resolve(spec: &ChangeSourceSpec, data_source: Option<&Path>) -> Result<Resolved> {
+fn identity(
+    kind: &str,
+    origin: Option<VolumeIdentity>,
+    snapshot: Option<VolumeIdentity>,
+) -> StreamIdentity {
+    StreamIdentity {
+        kind: kind.into(),
+        origin,
+        snapshot,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs()),
+        lvmsync: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
+fn volume(name: &str, uuid: &Option<String>) -> VolumeIdentity {
+    VolumeIdentity {
+        name: Some(name.to_string()),
+        uuid: uuid.clone(),
+    }
+}
+
+/// Reads the change list of `spec`; `data_source` is `--data-source`, `base_source` is
+/// `--base-source` (an image of the snapshot, read for the manifest).
+pub fn resolve(
+    spec: &ChangeSourceSpec,
+    data_source: Option<&Path>,
+    base_source: Option<&Path>,
+) -> Result<Resolved> {
     let data = match data_source {
         Some(p) => Some(DataSource {
             path: p.to_owned(),
@@ -67,6 +103,8 @@ pub fn resolve(spec: &ChangeSourceSpec, data_source: Option<&Path>) -> Result<Re
                 changes,
                 data_source: data_path,
                 classic: None,
+                identity: identity("cow-image", None, None),
+                prior: Some(PriorSource::CowStore(path.clone())),
             })
         }
         ChangeSourceSpec::ThinMetadata {
@@ -82,26 +120,50 @@ pub fn resolve(spec: &ChangeSourceSpec, data_source: Option<&Path>) -> Result<Re
                 changes: delta.into_changes(data.as_ref().map_or(u64::MAX, |d| d.bytes)),
                 data_source: data_path,
                 classic: None,
+                identity: StreamIdentity {
+                    thin_ids: Some((*snap_id, *origin_id)),
+                    ..identity("thin-metadata", None, None)
+                },
+                prior: base_source.map(|b| PriorSource::Device(b.to_owned())),
             })
         }
         ChangeSourceSpec::Snapshot(path) => {
             let snap = lvm::discover_snapshot(path)?;
             check_data_source_size(data.as_ref(), snap.name(), snap.origin_bytes())?;
             flush_origin(snap.origin())?;
-            let changes = match &snap {
-                Snapshot::Classic(s) => classic_changes(s)?,
-                Snapshot::Thin(s) => thin_changes(s)?,
-            };
             let data_source = Some(data_path.unwrap_or_else(|| snap.origin().to_owned()));
-            let classic = match snap {
-                Snapshot::Classic(s) => Some(s),
-                Snapshot::Thin(_) => None,
-            };
-            Ok(Resolved {
-                changes,
-                data_source,
-                classic,
-            })
+            // The snapshot's own contents, read for the manifest: the snapshot LV (a thin one
+            // only when active) unless --base-source names an image of it.
+            let base = base_source.map(Path::to_owned);
+            match snap {
+                Snapshot::Classic(s) => Ok(Resolved {
+                    changes: classic_changes(&s)?,
+                    data_source,
+                    identity: identity(
+                        "classic",
+                        Some(volume(&s.origin_name, &s.origin_uuid)),
+                        Some(volume(&s.name, &s.snapshot_uuid)),
+                    ),
+                    prior: Some(PriorSource::Device(
+                        base.unwrap_or_else(|| s.snapshot.clone()),
+                    )),
+                    classic: Some(s),
+                }),
+                Snapshot::Thin(s) => Ok(Resolved {
+                    changes: thin_changes(&s)?,
+                    data_source,
+                    identity: StreamIdentity {
+                        thin_ids: Some((s.snap_id, s.origin_id)),
+                        ..identity(
+                            "thin",
+                            Some(volume(&s.origin_name, &s.origin_uuid)),
+                            Some(volume(&s.name, &s.snapshot_uuid)),
+                        )
+                    },
+                    prior: base.or_else(|| s.snapshot.clone()).map(PriorSource::Device),
+                    classic: None,
+                }),
+            }
         }
     }
 }

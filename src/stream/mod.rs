@@ -21,6 +21,7 @@
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 
+pub mod manifest;
 pub mod v3;
 pub mod v4;
 
@@ -79,8 +80,21 @@ pub struct StreamTotals {
 /// One record of a stream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record<'a> {
-    Data { offset: u64, data: &'a [u8] },
-    Zero { offset: u64, len: u64 },
+    Data {
+        offset: u64,
+        data: &'a [u8],
+    },
+    Zero {
+        offset: u64,
+        len: u64,
+    },
+    /// Format 4 identity record: JSON (checked to parse as a
+    /// [`manifest::StreamIdentity`]).
+    Identity(&'a [u8]),
+    /// Format 4 manifest record (checked to parse, see [`manifest::parse`]).
+    Manifest(&'a [u8]),
+    /// Format 4 resolution record of a live session (see [`manifest::parse_resolution`]).
+    Resolution(&'a [u8]),
 }
 
 /// Errors of stream encoding and decoding.
@@ -387,6 +401,32 @@ impl<W: Write> StreamWriter<W> {
         self.totals
     }
 
+    /// Writes an identity, manifest or resolution record (format 4 only). The reader's rules
+    /// apply: identity first, manifest records before any data or zero record.
+    fn meta(&mut self, kind: u8, payload: &[u8]) -> Result<(), StreamError> {
+        match &mut self.state {
+            WriteState::V3(_) => Err(StreamError::Unsupported(
+                "format 3 streams carry no identity, manifest or resolution".into(),
+            )),
+            WriteState::V4(state) => state.meta(&mut self.sink, kind, payload, &mut self.totals),
+        }
+    }
+
+    /// Writes the identity record (must be the first record).
+    pub fn identity(&mut self, id: &manifest::StreamIdentity) -> Result<(), StreamError> {
+        self.meta(v4::TYPE_IDENTITY, &id.to_json())
+    }
+
+    /// Writes a manifest record (a payload from [`manifest::ManifestBuilder`]).
+    pub fn manifest(&mut self, payload: &[u8]) -> Result<(), StreamError> {
+        self.meta(v4::TYPE_MANIFEST, payload)
+    }
+
+    /// Writes a resolution record (see [`manifest::push_resolution`]).
+    pub fn resolution(&mut self, payload: &[u8]) -> Result<(), StreamError> {
+        self.meta(v4::TYPE_RESOLUTION, payload)
+    }
+
     /// Writes the end record (format 4), flushes, and returns the sink with the totals.
     pub fn finish(mut self) -> Result<(W, StreamTotals), StreamError> {
         if let WriteState::V4(state) = self.state {
@@ -536,6 +576,14 @@ impl<R: Read> StreamReader<R> {
                 match state.read_record(&mut self.input, &mut self.buf, &mut self.totals)? {
                     v4::Found::End => Ok(None),
                     v4::Found::Zero { offset, len } => Ok(Some(Record::Zero { offset, len })),
+                    v4::Found::Meta { kind, len } => {
+                        let payload = &self.buf[..len];
+                        Ok(Some(match kind {
+                            v4::TYPE_IDENTITY => Record::Identity(payload),
+                            v4::TYPE_MANIFEST => Record::Manifest(payload),
+                            _ => Record::Resolution(payload),
+                        }))
+                    }
                     v4::Found::Data {
                         offset,
                         len,
@@ -555,6 +603,24 @@ impl<R: Read> StreamReader<R> {
 
     pub fn totals(&self) -> StreamTotals {
         self.totals
+    }
+
+    /// Makes the next [`StreamReader::next_record`] return the record it returned last, once
+    /// more (e.g. after looking at the first record to choose how to apply the stream). Panics
+    /// if no record was returned yet.
+    pub fn unread(&mut self) {
+        match &mut self.state {
+            ReadState::V3(state) => state.unread(),
+            ReadState::V4(state) => state.unread(),
+        }
+    }
+
+    /// Whether the stream has a manifest (known once its first records are read).
+    pub fn has_manifest(&self) -> bool {
+        match &self.state {
+            ReadState::V3(_) => false,
+            ReadState::V4(state) => state.has_manifest(),
+        }
     }
 
     /// Stream bytes consumed so far: after a record, the position of the next one.

@@ -132,11 +132,25 @@ pub(super) fn info() -> StreamInfo {
 pub(super) struct ReadState {
     /// EOF was reached on a record boundary.
     done: bool,
+    /// The last record, returned once more after [`ReadState::unread`] (its data is still in
+    /// the buffer).
+    last: Option<(u64, usize)>,
+    replay: bool,
 }
 
 impl ReadState {
     pub(super) fn new() -> Self {
-        ReadState { done: false }
+        ReadState {
+            done: false,
+            last: None,
+            replay: false,
+        }
+    }
+
+    /// Makes the next [`ReadState::read_record`] return the last record again.
+    pub(super) fn unread(&mut self) {
+        assert!(self.last.is_some(), "nothing to unread");
+        self.replay = true;
     }
 
     /// Reads the next record into `buf` (grown as needed, never shrunk) and returns its offset
@@ -147,11 +161,17 @@ impl ReadState {
         buf: &mut Vec<u8>,
         totals: &mut StreamTotals,
     ) -> Result<Option<(u64, usize)>, StreamError> {
+        if std::mem::take(&mut self.replay) {
+            return Ok(self.last);
+        }
         if self.done {
             return Ok(None);
         }
         let record = read_record(input, buf, totals)?;
         self.done = record.is_none();
+        if record.is_some() {
+            self.last = record;
+        }
         Ok(record)
     }
 }

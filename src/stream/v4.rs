@@ -68,6 +68,17 @@ pub const RECORD_HEADER_LEN: usize = 28;
 pub const TYPE_DATA: u8 = b'D';
 pub const TYPE_ZERO: u8 = b'Z';
 pub const TYPE_END: u8 = b'E';
+/// Identity record: where the stream comes from (JSON, see [`super::manifest::StreamIdentity`]);
+/// only as the first record.
+pub const TYPE_IDENTITY: u8 = b'I';
+/// Manifest record: ranges and prior-contents digests (see [`super::manifest`]); all before
+/// the first data or zero record, the last one flagged.
+pub const TYPE_MANIFEST: u8 = b'M';
+/// Resolution record (live sessions only): new-contents digests of ranges the receiver asked
+/// about (see [`crate::session`]); after the manifest, before the first data or zero record.
+pub const TYPE_RESOLUTION: u8 = b'R';
+/// The largest identity record payload.
+pub const MAX_IDENTITY_LEN: usize = 64 << 10;
 /// Record flag: the payload is a zstd frame.
 pub const RECORD_FLAG_ZSTD: u8 = 1;
 pub const END_PAYLOAD_LEN: usize = 64;
@@ -331,6 +342,37 @@ impl WriteState {
         Ok(())
     }
 
+    /// Writes an identity, manifest or resolution record: only before any data or zero record
+    /// (the reader checks their order among themselves).
+    pub(super) fn meta(
+        &mut self,
+        sink: &mut impl Write,
+        kind: u8,
+        payload: &[u8],
+        totals: &mut StreamTotals,
+    ) -> Result<(), StreamError> {
+        if totals.records != 0 {
+            return Err(StreamError::Invalid(
+                "identity, manifest and resolution records come before the data".into(),
+            ));
+        }
+        if payload.len() > MAX_RECORD_LEN {
+            return Err(StreamError::Invalid(format!(
+                "a {}-byte record payload is more than the {MAX_RECORD_LEN} allowed",
+                payload.len()
+            )));
+        }
+        let header = record_header(kind, 0, 0, 0, payload);
+        sink.write_all(&header)?;
+        sink.write_all(payload)?;
+        totals.wire_bytes += (header.len() + payload.len()) as u64;
+        let mut h = blake3::Hasher::new();
+        h.update(&[kind]);
+        h.update(payload);
+        self.digest.update(h.finalize().as_bytes());
+        Ok(())
+    }
+
     /// Writes the end record.
     pub(super) fn finish(
         self,
@@ -356,9 +398,28 @@ pub(super) struct ReadState {
     /// Decompressed payloads, reused across records.
     pub(super) unpacked: Vec<u8>,
     pub(super) done: bool,
+    /// Records of any type read so far (the identity record must be the first).
+    seen: u64,
+    /// A data or zero record was read (no identity, manifest or resolution record may follow).
+    seen_changes: bool,
+    /// Manifest: none yet, being read, or complete (its last record read).
+    manifest: ManifestState,
+    /// The end of the last manifest entry read.
+    manifest_next_min: u64,
+    /// The last record found, kept to be returned once more (see [`ReadState::unread`]).
+    last: Option<Found>,
+    replay: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ManifestState {
+    None,
+    Open,
+    Complete,
 }
 
 /// What [`read_record`] found.
+#[derive(Debug, Clone, Copy)]
 pub(super) enum Found {
     /// A data record; `len` bytes in the read buffer (`unpacked == false`) or in
     /// `ReadState::unpacked`.
@@ -373,6 +434,11 @@ pub(super) enum Found {
     },
     /// A valid end record followed by EOF.
     End,
+    /// An identity, manifest or resolution record: `len` payload bytes in the read buffer.
+    Meta {
+        kind: u8,
+        len: usize,
+    },
 }
 
 impl ReadState {
@@ -399,11 +465,117 @@ impl ReadState {
             unpacked: Vec::new(),
             done: false,
             info,
+            seen: 0,
+            seen_changes: false,
+            manifest: ManifestState::None,
+            manifest_next_min: 0,
+            last: None,
+            replay: false,
         }
     }
 
     pub(super) fn info(&self) -> &StreamInfo {
         &self.info
+    }
+
+    /// Makes the next [`ReadState::read_record`] return the last record again (its payload is
+    /// still in the buffers; nothing is counted twice).
+    pub(super) fn unread(&mut self) {
+        assert!(self.last.is_some(), "nothing to unread");
+        self.replay = true;
+    }
+
+    /// Whether the stream carries a manifest (known once its first record is read).
+    pub(super) fn has_manifest(&self) -> bool {
+        self.manifest != ManifestState::None
+    }
+
+    /// Checks where an identity, manifest or resolution record may be, and the structure of
+    /// its payload.
+    fn meta(
+        &mut self,
+        at: u64,
+        kind: u8,
+        flags: u8,
+        offset: u64,
+        len: u64,
+        payload: &[u8],
+    ) -> Result<(), StreamError> {
+        let corrupt =
+            |msg: String| Err(StreamError::Corrupt(format!("{msg}, at stream byte {at}")));
+        if flags != 0 || offset != 0 || len != 0 {
+            return corrupt(format!(
+                "record of type {:?} has flags, an offset or a length",
+                kind as char
+            ));
+        }
+        if self.seen_changes {
+            return corrupt(format!(
+                "record of type {:?} after a data or zero record",
+                kind as char
+            ));
+        }
+        match kind {
+            TYPE_IDENTITY => {
+                if self.seen != 0 {
+                    return corrupt("identity record that is not the first record".into());
+                }
+                if payload.len() > MAX_IDENTITY_LEN {
+                    return corrupt(format!(
+                        "identity record of {} bytes, more than {MAX_IDENTITY_LEN}",
+                        payload.len()
+                    ));
+                }
+                if let Err(e) = super::manifest::StreamIdentity::from_json(payload) {
+                    return corrupt(e);
+                }
+            }
+            TYPE_MANIFEST => {
+                if self.manifest == ManifestState::Complete {
+                    return corrupt("manifest record after the last one".into());
+                }
+                let parsed = match super::manifest::parse(payload) {
+                    Ok(p) => p,
+                    Err(e) => return corrupt(e),
+                };
+                for e in &parsed.entries {
+                    if e.extent.offset < self.manifest_next_min {
+                        return corrupt(format!(
+                            "manifest entry at byte {} is not after the previous one",
+                            e.extent.offset
+                        ));
+                    }
+                    if e.extent.end() > self.source_bytes {
+                        return corrupt(format!(
+                            "manifest entry {}+{} ends past the source size {}",
+                            e.extent.offset, e.extent.len, self.source_bytes
+                        ));
+                    }
+                    self.manifest_next_min = e.extent.end();
+                }
+                self.manifest = if parsed.last {
+                    ManifestState::Complete
+                } else {
+                    ManifestState::Open
+                };
+            }
+            TYPE_RESOLUTION => {
+                if self.manifest != ManifestState::Complete {
+                    return corrupt(
+                        "resolution record without a complete manifest before it".into(),
+                    );
+                }
+                if let Err(e) = super::manifest::parse_resolution(payload) {
+                    return corrupt(e);
+                }
+            }
+            _ => unreachable!("meta records only"),
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(&[kind]);
+        h.update(payload);
+        self.digest.update(h.finalize().as_bytes());
+        Ok(())
     }
 
     /// Checks that `[offset, offset+len)` is non-empty, inside the source and after the
@@ -438,6 +610,22 @@ impl ReadState {
 
     /// Reads the next record (payload into `buf`, grown as needed and never shrunk).
     pub(super) fn read_record<R: std::io::Read>(
+        &mut self,
+        input: &mut Input<R>,
+        buf: &mut Vec<u8>,
+        totals: &mut StreamTotals,
+    ) -> Result<Found, StreamError> {
+        if self.replay {
+            self.replay = false;
+            return Ok(self.last.expect("unread has a record"));
+        }
+        let found = self.read_next(input, buf, totals)?;
+        self.last = Some(found);
+        self.seen += 1;
+        Ok(found)
+    }
+
+    fn read_next<R: std::io::Read>(
         &mut self,
         input: &mut Input<R>,
         buf: &mut Vec<u8>,
@@ -495,6 +683,7 @@ impl ReadState {
                         "data record at stream byte {at} claims {len} bytes, more than the {MAX_RECORD_LEN} accepted"
                     )));
                 }
+                self.changes_may_start(at)?;
                 self.place(at, "data", offset, len)?;
                 let len = len as usize;
                 let unpacked = flags & RECORD_FLAG_ZSTD != 0;
@@ -528,6 +717,7 @@ impl ReadState {
                         "zero record at stream byte {at} has flags {flags:#x} or a payload ({payload_len} bytes)"
                     )));
                 }
+                self.changes_may_start(at)?;
                 self.place(at, "zero", offset, len)?;
                 self.digest.update(&zero_digest(offset, len));
                 totals.zero_bytes += len;
@@ -537,6 +727,11 @@ impl ReadState {
                 if flags != 0 || offset != 0 || len != 0 || payload_len != END_PAYLOAD_LEN {
                     return Err(StreamError::Corrupt(format!(
                         "end record at stream byte {at} is malformed"
+                    )));
+                }
+                if self.manifest == ManifestState::Open {
+                    return Err(StreamError::Corrupt(format!(
+                        "end record at stream byte {at} before the last manifest record"
                     )));
                 }
                 self.check_end(at, &buf[..END_PAYLOAD_LEN], totals)?;
@@ -551,6 +746,14 @@ impl ReadState {
                 totals.wire_bytes = input.pos;
                 return Ok(Found::End);
             }
+            TYPE_IDENTITY | TYPE_MANIFEST | TYPE_RESOLUTION => {
+                self.meta(at, kind, flags, offset, len, &buf[..payload_len])?;
+                totals.wire_bytes = input.pos;
+                return Ok(Found::Meta {
+                    kind,
+                    len: payload_len,
+                });
+            }
             other => {
                 return Err(StreamError::Unsupported(format!(
                     "record at stream byte {at} has unknown type {other:#04x}"
@@ -560,6 +763,17 @@ impl ReadState {
         totals.records += 1;
         totals.wire_bytes = input.pos;
         Ok(found)
+    }
+
+    /// A data or zero record may come only once the manifest, if any, is complete.
+    fn changes_may_start(&mut self, at: u64) -> Result<(), StreamError> {
+        if self.manifest == ManifestState::Open {
+            return Err(StreamError::Corrupt(format!(
+                "data or zero record at stream byte {at} before the last manifest record"
+            )));
+        }
+        self.seen_changes = true;
+        Ok(())
     }
 
     fn decompress(&mut self, at: u64, frame: &[u8], len: usize) -> Result<(), StreamError> {

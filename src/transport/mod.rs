@@ -15,7 +15,7 @@
 pub mod local;
 pub mod remote;
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 
 use crate::apply::ApplyOptions;
@@ -45,6 +45,9 @@ pub struct ReceiverOptions {
     /// The receiver's command on the remote host. Split like `rsh`, so `sudo lvmsync` works;
     /// each of its words is quoted for the remote shell.
     pub remote_path: String,
+    /// Hold a live session with the receiver (see [`crate::session`]): for format 4 streams.
+    /// Without one the receiver is started as Ruby lvmsync's was, which any lvmsync accepts.
+    pub session: bool,
 }
 
 impl Default for ReceiverOptions {
@@ -54,6 +57,7 @@ impl Default for ReceiverOptions {
             force: false,
             rsh: "ssh".to_string(),
             remote_path: "lvmsync".to_string(),
+            session: false,
         }
     }
 }
@@ -130,6 +134,7 @@ impl Destination {
                     snapback: opts.snapback.as_ref().map(PathBuf::from),
                     force: opts.force,
                 },
+                opts.session,
             )),
             Address::Remote { host, path } => {
                 Destination::Remote(RemoteApply::spawn(&host, &path, opts, verbosity)?)
@@ -137,9 +142,13 @@ impl Destination {
         })
     }
 
-    /// Sends one stream: `write` writes it whole into the sink it is given (buffered), and what
-    /// it returns is returned once the receiver has the stream.
-    pub fn send<T>(self, write: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
+    /// Sends one stream: `write` writes it whole into the sink it is given (buffered), reading
+    /// the receiver's answers from the back channel of a live session if there is one; what it
+    /// returns is returned once the receiver has the stream.
+    pub fn send<T>(
+        self,
+        write: impl FnOnce(&mut dyn Write, Option<&mut dyn Read>) -> Result<T>,
+    ) -> Result<T> {
         match self {
             Destination::Stdout => send_stdout(write),
             Destination::Local(receiver) => receiver.send(write),
@@ -149,7 +158,9 @@ impl Destination {
 }
 
 /// Writes a stream to standard output. A reader that went away (a broken pipe) is told as such.
-fn send_stdout<T>(write: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
+fn send_stdout<T>(
+    write: impl FnOnce(&mut dyn Write, Option<&mut dyn Read>) -> Result<T>,
+) -> Result<T> {
     let mut out = BufWriter::with_capacity(1 << 20, Named::new(io::stdout().lock(), STDOUT_WRITE));
     let closed = |e: Error| {
         if is_broken_pipe(&e) {
@@ -158,7 +169,7 @@ fn send_stdout<T>(write: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> 
             e
         }
     };
-    let sent = write(&mut out).map_err(closed)?;
+    let sent = write(&mut out, None).map_err(closed)?;
     out.flush().ctx(|| STDOUT_WRITE.into()).map_err(closed)?;
     Ok(sent)
 }
@@ -220,5 +231,29 @@ mod tests {
         for (arg, want) in table {
             assert_eq!(parse_destination(arg), want, "{arg}");
         }
+    }
+}
+
+/// Reads the receiver's hello and checks it speaks this lvmsync's session protocol.
+pub(crate) fn expect_hello(back: &mut dyn Read, who: &str) -> Result<()> {
+    use crate::session::{Hello, Message, PROTOCOL};
+    match Message::read_from(back) {
+        Ok(Message::Hello(Hello {
+            protocol,
+            lvmsync,
+            formats,
+            ..
+        })) => {
+            if protocol != PROTOCOL || !formats.contains(&4) {
+                return Err(Error::Invalid(format!(
+                    "{who} runs lvmsync {lvmsync}, which speaks session protocol {protocol} (this lvmsync speaks {PROTOCOL}); install the same version on both hosts"
+                )));
+            }
+            Ok(())
+        }
+        Ok(other) => Err(Error::Invalid(format!(
+            "{who} did not start a session as expected (it sent {other:?})"
+        ))),
+        Err(e) => Err(Error::io(format!("{who}: no session hello"), e)),
     }
 }

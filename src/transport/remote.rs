@@ -7,7 +7,7 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -36,6 +36,9 @@ fn remote_words(
             ))
         })?;
     words.extend(["--apply".to_string(), "-".to_string()]);
+    if opts.session {
+        words.push("--session".to_string());
+    }
     if let Some(snapback) = &opts.snapback {
         words.extend(["--snapback".to_string(), snapback.clone()]);
     }
@@ -92,6 +95,8 @@ pub struct RemoteApply {
     host: String,
     child: Child,
     stdin: Option<ChildStdin>,
+    /// The receiver's standard output: the back channel of a live session.
+    back: Option<BufReader<ChildStdout>>,
     /// One message per relay thread when its pipe reaches EOF.
     relays_done: mpsc::Receiver<()>,
     relays: usize,
@@ -99,8 +104,9 @@ pub struct RemoteApply {
 }
 
 impl RemoteApply {
-    /// Starts `RSH... HOST REMOTE_PATH --apply - [--snapback F] [--force] [-v] [-q] [-d] DEST`.
-    /// The receiver's stdout and stderr are copied line by line to our stderr as `remote: ...`.
+    /// Starts `RSH... HOST REMOTE_PATH --apply - [--session] [--snapback F] [--force] [-v] [-q]
+    /// [-d] DEST`. The receiver's stderr (and without a session its stdout) is copied line by
+    /// line to our stderr as `remote: ...`; with a session its stdout is the back channel.
     pub fn spawn(
         host: &str,
         dest: &str,
@@ -124,9 +130,14 @@ impl RemoteApply {
         let stdin = child.stdin.take();
         let (done_tx, relays_done) = mpsc::channel();
         let mut relays = 0;
+        let mut back = None;
         if let Some(out) = child.stdout.take() {
-            spawn_relay(out, done_tx.clone())?;
-            relays += 1;
+            if opts.session {
+                back = Some(BufReader::new(out));
+            } else {
+                spawn_relay(out, done_tx.clone())?;
+                relays += 1;
+            }
         }
         if let Some(err) = child.stderr.take() {
             spawn_relay(err, done_tx)?;
@@ -136,6 +147,7 @@ impl RemoteApply {
             host: host.to_string(),
             child,
             stdin,
+            back,
             relays_done,
             relays,
             finished: false,
@@ -154,6 +166,7 @@ impl RemoteApply {
     pub fn finish(mut self) -> Result<(), Error> {
         self.finished = true;
         drop(self.stdin.take());
+        drop(self.back.take());
         let status = self
             .child
             .wait()
@@ -170,24 +183,41 @@ impl RemoteApply {
         check_status(&self.host, status)
     }
 
-    /// Sends a stream: `write` writes it whole into the remote's input. When anything fails,
-    /// the remote's own account (its exit status, relayed stderr) comes first: a broken pipe
-    /// here is only the symptom.
-    pub fn send<T>(mut self, write: impl FnOnce(&mut dyn Write) -> Result<T>) -> Result<T> {
+    /// Sends a stream: `write` writes it whole into the remote's input, reading the session's
+    /// back channel if there is one. When anything fails, the remote's own account (its exit
+    /// status, relayed stderr) comes first: a broken pipe here is only the symptom.
+    pub fn send<T>(
+        mut self,
+        write: impl FnOnce(&mut dyn Write, Option<&mut dyn Read>) -> Result<T>,
+    ) -> Result<T> {
         let host = self.host.clone();
+        let mut back = self.back.take();
+        if let Some(b) = back.as_mut() {
+            if let Err(e) = super::expect_hello(b, &format!("the receiver on {host}")) {
+                drop(back);
+                // No hello: the remote lvmsync failed to start, or does not know sessions.
+                self.finish().map_err(|status| {
+                    Error::Invalid(format!(
+                        "{status}; it did not start a session (an lvmsync older than 4.1 does not know them: install this version there, or send --format 3)"
+                    ))
+                })?;
+                return Err(e);
+            }
+        }
         let context = format!("stream to {host}: cannot write");
         let mut out = BufWriter::with_capacity(1 << 20, Named::new(self.input(), context.clone()));
-        let sent = write(&mut out).and_then(|r| {
+        let sent = write(&mut out, back.as_mut().map(|b| b as &mut dyn Read)).and_then(|r| {
             out.flush().ctx(|| context)?;
             Ok(r)
         });
         drop(out);
+        drop(back);
         match sent {
             Ok(r) => {
                 self.finish()?;
                 Ok(r)
             }
-            Err(e) if is_broken_pipe(&e) => {
+            Err(e) if is_broken_pipe(&e) || is_session_end(&e) => {
                 self.finish()?;
                 Err(Error::Invalid(format!(
                     "the connection to {host} closed before the stream was complete"
@@ -197,6 +227,11 @@ impl RemoteApply {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Whether the session's back channel ended: the remote stopped, and says why itself.
+fn is_session_end(e: &Error) -> bool {
+    matches!(e, Error::Invalid(m) if m == "the receiver ended the session")
 }
 
 impl Drop for RemoteApply {

@@ -329,6 +329,74 @@ pub fn mappings(
     Ok(out)
 }
 
+/// What thin device `dev_id` holds over its first `volume_bytes`: [`Extent::data`] where its
+/// blocks are mapped, [`Extent::zero`] where they are not (an unmapped block reads as zeros), in
+/// order, merged. Streams over the mapping tree, never holding every mapping.
+pub fn mapped_extents(
+    metadata: &Path,
+    dev_id: u64,
+    root: MetadataRoot,
+    volume_bytes: u64,
+) -> Result<(ExtentList, u64), ThinError> {
+    let (mut dev, sb) = open_root(metadata, root)?;
+    let dev_root = device_root(&mut dev, &sb, dev_id)?;
+    let height = btree::height(&mut dev, dev_root, 8)?;
+    let mut cursor = btree::Cursor::new(dev_root, height);
+    let bytes = sb.data_block_bytes();
+    let mut extents = Vec::new();
+    // Start of the current run of mapped blocks, and its end (in blocks).
+    let mut run: Option<(u64, u64)> = None;
+    let mut covered = 0u64;
+    let flush = |start: u64, end: u64, extents: &mut Vec<Extent>, covered: &mut u64| {
+        let (s, e) = (start * bytes, (end * bytes).min(volume_bytes));
+        if s >= e {
+            return;
+        }
+        if s > *covered {
+            extents.push(Extent::zero(*covered, s - *covered));
+        }
+        extents.push(Extent::data(s, e - s));
+        *covered = e;
+    };
+    while let Some((block, _)) = cursor.next_entry(&mut dev)? {
+        if block.checked_mul(bytes).is_none_or(|b| b >= volume_bytes) {
+            break;
+        }
+        run = match run {
+            Some((s, e)) if e == block => Some((s, block + 1)),
+            Some((s, e)) => {
+                flush(s, e, &mut extents, &mut covered);
+                Some((block, block + 1))
+            }
+            None => Some((block, block + 1)),
+        };
+    }
+    if let Some((s, e)) = run {
+        flush(s, e, &mut extents, &mut covered);
+    }
+    if covered < volume_bytes {
+        extents.push(Extent::zero(covered, volume_bytes - covered));
+    }
+    Ok((ExtentList::from_extents(extents), bytes))
+}
+
+/// [`mapped_extents`] of an active pool, through a metadata snapshot held for the read (see
+/// [`delta_live`]).
+pub fn mapped_extents_live(
+    pool_dm_name: &str,
+    metadata: &Path,
+    dev_id: u64,
+    volume_bytes: u64,
+) -> Result<(ExtentList, u64), ThinError> {
+    let guard = MetadataSnapGuard::reserve(pool_dm_name)?;
+    let root = MetadataRoot::HeldSnapshot(Some(guard.held_root()));
+    let result = mapped_extents(metadata, dev_id, root, volume_bytes);
+    let released = guard.release();
+    let r = result?;
+    released?;
+    Ok(r)
+}
+
 /// The device details of every thin device in the pool, by device id.
 pub fn devices(metadata: &Path, root: MetadataRoot) -> Result<Vec<DeviceDetails>, ThinError> {
     let (mut dev, sb) = open_root(metadata, root)?;

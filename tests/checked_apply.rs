@@ -1,0 +1,357 @@
+//! Streams with a manifest: the destination is checked against the snapshot's contents before
+//! anything is written; a destination that is not the snapshot's copy is refused, one that an
+//! interrupted apply left half done is finished, and a snapback is complete before the first
+//! write.
+
+mod common;
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use lvmsync::apply::{apply_stream, apply_with, ApplyContext, ApplyOptions, Reopen};
+use lvmsync::extent::{Extent, ExtentList};
+use lvmsync::send::{send_changes_with, SendOptions, StreamExtras};
+use lvmsync::source::{ChangeSet, PriorSource};
+use lvmsync::stream::manifest::StreamIdentity;
+
+const SIZE: usize = 4 << 20;
+
+/// A snapshot image, an origin with changes over it, and a destination that is the snapshot's
+/// copy.
+struct Case {
+    dir: tempfile::TempDir,
+    snapshot: Vec<u8>,
+    origin: Vec<u8>,
+    changes: ChangeSet,
+}
+
+impl Case {
+    fn new(seed: u64) -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = common::pattern(SIZE, seed);
+        let mut origin = snapshot.clone();
+        let extents = ExtentList::from_extents([
+            Extent::data(0, 8192),
+            Extent::data(65536, 3 << 20),
+            Extent::zero((3 << 20) + 65536, 131072),
+            Extent::data(SIZE as u64 - 4096, 4096),
+        ]);
+        let fresh = common::pattern(SIZE, seed ^ 0x55);
+        for e in &extents {
+            let r = e.offset as usize..e.end() as usize;
+            match e.kind {
+                lvmsync::extent::ExtentKind::Data => origin[r.clone()].copy_from_slice(&fresh[r]),
+                lvmsync::extent::ExtentKind::Zero => origin[r].fill(0),
+            }
+        }
+        let case = Case {
+            dir,
+            snapshot,
+            origin,
+            changes: ChangeSet {
+                extents,
+                chunk_bytes: 4096,
+                volume_bytes: SIZE as u64,
+            },
+        };
+        std::fs::write(case.path("snapshot"), &case.snapshot).unwrap();
+        std::fs::write(case.path("origin"), &case.origin).unwrap();
+        std::fs::write(case.path("dest"), &case.snapshot).unwrap();
+        case
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A format 4 stream with a manifest read from the snapshot image.
+    fn stream(&self) -> Vec<u8> {
+        let prior = PriorSource::Device(self.path("snapshot"));
+        let extras = StreamExtras {
+            identity: Some(StreamIdentity {
+                kind: "test".into(),
+                ..Default::default()
+            }),
+            prior: Some(&prior),
+            session: None,
+        };
+        let (stream, report) = send_changes_with(
+            &self.changes,
+            &self.path("origin"),
+            Vec::new(),
+            &SendOptions::default(),
+            &|_| {},
+            extras,
+        )
+        .unwrap();
+        assert!(report.checked);
+        stream
+    }
+
+    fn dest(&self) -> Vec<u8> {
+        std::fs::read(self.path("dest")).unwrap()
+    }
+
+    fn set_dest(&self, contents: &[u8]) {
+        std::fs::write(self.path("dest"), contents).unwrap();
+    }
+
+    /// The destination as an apply interrupted in the middle leaves it: the first `n` ranges
+    /// written, and one 4 KiB block of the next.
+    fn half_applied(&self, n: usize) -> Vec<u8> {
+        let mut d = self.snapshot.clone();
+        let pieces: Vec<Extent> = self.changes.extents.pieces(1 << 20).collect();
+        for p in &pieces[..n] {
+            let r = p.offset as usize..p.end() as usize;
+            d[r.clone()].copy_from_slice(&self.origin[r]);
+        }
+        let p = pieces[n];
+        let r = p.offset as usize..p.offset as usize + 4096;
+        d[r.clone()].copy_from_slice(&self.origin[r]);
+        d
+    }
+}
+
+fn lvmsync() -> Command {
+    Command::cargo_bin("lvmsync").unwrap()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn a_copy_of_the_snapshot_is_checked_and_synced() {
+    let case = Case::new(1);
+    let report = apply_stream(
+        Cursor::new(case.stream()),
+        &case.path("dest"),
+        &ApplyOptions::default(),
+    )
+    .unwrap();
+    assert!(report.checked);
+    assert_eq!(report.already_applied, 0);
+    assert!(case.dest() == case.origin);
+}
+
+#[test]
+fn a_destination_that_is_not_the_snapshots_copy_is_refused_before_any_write() {
+    let case = Case::new(2);
+    let stream = case.stream();
+    let stream_path = case.path("stream");
+    std::fs::write(&stream_path, &stream).unwrap();
+    // One sector inside a changed range holds something else.
+    let mut other = case.snapshot.clone();
+    other[(2 << 20) + 512..(2 << 20) + 1024].fill(0xAB);
+    case.set_dest(&other);
+    for input in [p(&stream_path), "-"] {
+        let out = lvmsync()
+            .args(["--apply", input, p(&case.path("dest"))])
+            .write_stdin(stream.clone())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{input}: accepted");
+        assert!(
+            err.contains(&format!("at byte {}", 2 << 20)) && err.contains("nothing written"),
+            "{input}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(case.dest() == other, "{input}: the destination was written");
+    }
+    // --force applies anyway.
+    let out = lvmsync()
+        .args(["--apply", p(&stream_path), p(&case.path("dest")), "--force"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(case.dest() == case.origin);
+}
+
+#[test]
+fn an_interrupted_apply_is_finished_from_the_stream_file() {
+    let case = Case::new(3);
+    let stream_path = case.path("stream");
+    std::fs::write(&stream_path, case.stream()).unwrap();
+    case.set_dest(&case.half_applied(2));
+    let out = lvmsync()
+        .args(["--apply", p(&stream_path), p(&case.path("dest"))])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("2 ranges already held their new contents"),
+        "{err}"
+    );
+    assert!(case.dest() == case.origin);
+    // Applying it again changes nothing and says every range was there.
+    let reopen = || -> std::io::Result<Box<dyn std::io::Read>> {
+        Ok(Box::new(std::fs::File::open(&stream_path)?))
+    };
+    let report = apply_with(
+        std::fs::File::open(&stream_path).unwrap(),
+        &case.path("dest"),
+        &ApplyOptions::default(),
+        ApplyContext {
+            session: None,
+            reopen: Some(&reopen as Reopen<'_>),
+        },
+    )
+    .unwrap();
+    let ranges = case.changes.extents.pieces(1 << 20).count() as u64;
+    assert_eq!(report.already_applied, ranges);
+    assert!(case.dest() == case.origin);
+}
+
+#[test]
+fn an_interrupted_apply_from_a_pipe_cannot_be_told_from_a_foreign_destination() {
+    let case = Case::new(4);
+    let stream = case.stream();
+    let half = case.half_applied(1);
+    case.set_dest(&half);
+    let out = lvmsync()
+        .args(["--apply", "-", p(&case.path("dest"))])
+        .write_stdin(stream.clone())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot be told from a pipe"), "{err}");
+    assert!(case.dest() == half);
+    let out = lvmsync()
+        .args(["--apply", "-", p(&case.path("dest")), "--force"])
+        .write_stdin(stream)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(case.dest() == case.origin);
+}
+
+#[test]
+fn the_snapback_is_whole_before_the_first_write_and_kept_on_resume() {
+    let case = Case::new(5);
+    let stream_path = case.path("stream");
+    std::fs::write(&stream_path, case.stream()).unwrap();
+    let sb = case.path("sb");
+    // A refused apply leaves no snapback behind.
+    let mut other = case.snapshot.clone();
+    other[10..20].fill(1);
+    case.set_dest(&other);
+    let out = lvmsync()
+        .args([
+            "--apply",
+            p(&stream_path),
+            p(&case.path("dest")),
+            "-b",
+            p(&sb),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!sb.exists());
+    assert!(
+        std::fs::read_dir(case.dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".lvmsync")),
+        "a temporary snapback was left behind"
+    );
+    // The first attempt wrote its snapback, then (as if interrupted) only part of the data.
+    case.set_dest(&case.snapshot);
+    let out = lvmsync()
+        .args([
+            "--apply",
+            p(&stream_path),
+            p(&case.path("dest")),
+            "-b",
+            p(&sb),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let first_snapback = std::fs::read(&sb).unwrap();
+    case.set_dest(&case.half_applied(3));
+    // The second attempt keeps it: it holds the destination from before the first one.
+    let out = lvmsync()
+        .args([
+            "--apply",
+            p(&stream_path),
+            p(&case.path("dest")),
+            "-b",
+            p(&sb),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("kept the snapback"), "{err}");
+    assert!(case.dest() == case.origin);
+    assert!(std::fs::read(&sb).unwrap() == first_snapback);
+    let out = lvmsync()
+        .args(["--apply", p(&sb), p(&case.path("dest"))])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(case.dest() == case.snapshot);
+    // A snapback of some other sync at that path is not overwritten without --force.
+    let other_case = Case::new(6);
+    std::fs::write(other_case.path("stream"), other_case.stream()).unwrap();
+    let out = lvmsync()
+        .args([
+            "--apply",
+            p(&other_case.path("stream")),
+            p(&other_case.path("dest")),
+            "-b",
+            p(&sb),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("belongs to another sync"), "{err}");
+    assert!(other_case.dest() == other_case.snapshot);
+}
+
+#[test]
+fn a_local_sync_resumes_without_sending_what_arrived() {
+    use lvmsync::transport::{Destination, ReceiverOptions, SendTarget};
+    let case = Case::new(7);
+    case.set_dest(&case.half_applied(2));
+    let prior = PriorSource::Device(case.path("snapshot"));
+    let dest = Destination::open(
+        &SendTarget::Dest(p(&case.path("dest")).to_string()),
+        &ReceiverOptions {
+            session: true,
+            ..ReceiverOptions::default()
+        },
+        lvmsync::msg::Verbosity::Quiet,
+    )
+    .unwrap();
+    let report = dest
+        .send(|out, session| {
+            send_changes_with(
+                &case.changes,
+                &case.path("origin"),
+                out,
+                &SendOptions::default(),
+                &|_| {},
+                StreamExtras {
+                    identity: None,
+                    prior: Some(&prior),
+                    session,
+                },
+            )
+            .map(|(_, r)| r)
+        })
+        .unwrap();
+    assert_eq!(report.already_applied, 2);
+    let pieces: Vec<Extent> = case.changes.extents.pieces(1 << 20).collect();
+    assert_eq!(
+        report.totals.data_bytes + report.totals.zero_bytes,
+        pieces[2..].iter().map(|p| p.len).sum::<u64>()
+    );
+    assert!(case.dest() == case.origin);
+}

@@ -126,6 +126,38 @@ pub struct ApplyReport {
     pub forced: u64,
 }
 
+impl ApplyReport {
+    /// What the user should be told of this apply beyond success, one line each.
+    pub fn notes(&self, opts: &ApplyOptions, dest: &Path) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(end) = self.interrupted_snapback {
+            notes.push(format!(
+                "snapback ends at byte {end} without an end record (the apply that wrote it was interrupted); every recorded range restored"
+            ));
+        }
+        if let (true, Some(sb)) = (self.snapback_kept, &opts.snapback) {
+            notes.push(format!(
+                "kept the snapback {} of an earlier attempt at these changes: it restores {} as it was before that attempt",
+                sb.display(),
+                dest.display()
+            ));
+        }
+        if self.already_applied > 0 {
+            notes.push(format!(
+                "{} ranges already held their new contents (an earlier apply of this stream) and were skipped",
+                self.already_applied
+            ));
+        }
+        if self.forced > 0 {
+            notes.push(format!(
+                "--force: {} ranges did not hold what the stream expected and were written anyway",
+                self.forced
+            ));
+        }
+        notes
+    }
+}
+
 /// Applies the stream read from `input` onto `dest`.
 pub fn apply_stream<R: Read>(input: R, dest: &Path, opts: &ApplyOptions) -> Result<ApplyReport> {
     apply_with(input, dest, opts, ApplyContext::default())
@@ -386,8 +418,9 @@ fn apply_checked<R: Read>(
                 for e in &payload.entries {
                     changes.push(&e.extent);
                 }
-                checker.check(target, &payload, &mut |offset, old| match &mut pending {
-                    Some(sb) => sb.save(offset, old),
+                let block = payload.block;
+                checker.check(target, &payload, &mut |e, old| match &mut pending {
+                    Some(sb) => sb.save(e.extent.offset, old, &|i| e.prior(i), block),
                     None => Ok(()),
                 })?;
             }
@@ -464,7 +497,7 @@ fn apply_checked<R: Read>(
     }
     // The whole snapback is durable before the first write.
     if let Some(sb) = pending {
-        match sb.commit(Some(&changes))? {
+        match sb.commit()? {
             SnapbackOutcome::Written(t) => report.snapback = Some(t),
             SnapbackOutcome::Kept => report.snapback_kept = true,
         }
@@ -497,7 +530,7 @@ fn apply_checked<R: Read>(
                 if e.offset == offset {
                     break next - 1;
                 }
-                if !(live && !need[next - 1]) {
+                if !live || need[next - 1] {
                     return Err(Error::Invalid(format!(
                         "record at stream byte {at} is for byte {offset}, the manifest's next range is at byte {}",
                         e.offset

@@ -30,6 +30,10 @@ pub enum Error {
     /// The command line was refused, before anything was done.
     #[error("{0}")]
     Usage(String),
+    /// The receiver of a live session stopped (`None`) or said it failed: its own account
+    /// (exit status, relayed messages) tells why, and comes first.
+    #[error("the receiver {}", match .0 { Some(why) => format!("failed: {why}"), None => "ended the session".into() })]
+    Receiver(Option<String>),
 }
 
 impl Error {

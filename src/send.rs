@@ -36,7 +36,7 @@ use crate::session::{Message, Plan};
 use crate::source::{ChangeSet, PriorSource};
 use crate::stream::manifest::{ChangesDigest, StreamIdentity};
 use crate::stream::{
-    EncodedRecords, Format, RecordEncoder, StreamError, StreamTotals, StreamWriter, WriterOptions,
+    EncodedRecords, Format, RecordEncoder, StreamTotals, StreamWriter, WriterOptions,
 };
 
 /// Largest single read, and so the largest record lvmsync writes.
@@ -181,9 +181,9 @@ fn send_from<W: Write>(
     if let Some(prior) = prior {
         manifest::write_manifest(&mut writer, pieces, prior)?;
     }
-    let mut session = extras.session;
+    let session = extras.session;
     let needed: Vec<Extent>;
-    let pieces = match session.as_deref_mut().filter(|_| prior.is_some()) {
+    let pieces = match session.filter(|_| prior.is_some()) {
         Some(back) => {
             writer.flush()?;
             match read_message(back)? {
@@ -234,14 +234,8 @@ fn send_from<W: Write>(
             Ok(())
         },
     )?;
-    let (mut out, totals) = writer.finish()?;
-    if let Some(back) = session {
-        out.flush().map_err(StreamError::Io)?;
-        match read_message(back)? {
-            Message::Done(_) => {}
-            other => return Err(unexpected(other)),
-        }
-    }
+    // On a session, the transport reads the receiver's last word once the stream is closed.
+    let (out, totals) = writer.finish()?;
     Ok((
         out,
         SendReport {
@@ -260,7 +254,7 @@ fn send_from<W: Write>(
 fn read_message(back: &mut dyn Read) -> Result<Message> {
     Message::read_from(back).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            Error::Invalid("the receiver ended the session".into())
+            Error::Receiver(None)
         } else {
             Error::io("the session's back channel", e)
         }
@@ -269,7 +263,7 @@ fn read_message(back: &mut dyn Read) -> Result<Message> {
 
 fn unexpected(m: Message) -> Error {
     match m {
-        Message::Failed(why) => Error::Invalid(format!("the receiver failed: {why}")),
+        Message::Failed(why) => Error::Receiver(Some(why)),
         other => Error::Invalid(format!(
             "the receiver sent an unexpected message: {other:?}"
         )),

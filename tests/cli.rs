@@ -140,7 +140,25 @@ fn direct_local_sync_with_snapback_rolls_back() {
         p(&sb),
     ]));
     assert!(common::same(&copy, &after));
-    // A second run must not overwrite the snapback without --force.
+    // Running the same sync again finds every range applied and keeps the snapback, which
+    // still restores the snapshot's state.
+    let first = std::fs::read(&sb).unwrap();
+    let again = run(&[
+        "--cow",
+        p(&cow),
+        "--data-source",
+        p(&after),
+        p(&copy),
+        "-b",
+        p(&sb),
+    ]);
+    ok(&again);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("kept the snapback"), "{err}");
+    assert!(std::fs::read(&sb).unwrap() == first);
+    // Any other file there is not overwritten without --force.
+    let other = dir.path().join("other");
+    std::fs::write(&other, b"not a snapback").unwrap();
     refused(
         &run(&[
             "--cow",
@@ -149,7 +167,7 @@ fn direct_local_sync_with_snapback_rolls_back() {
             p(&after),
             p(&copy),
             "-b",
-            p(&sb),
+            p(&other),
         ]),
         "already exists",
     );

@@ -26,6 +26,9 @@ use crate::parallel;
 /// Bytes of destination contents read at once while checking.
 const CHECK_GROUP_BYTES: usize = 8 << 20;
 
+/// Takes each range's current contents, in order (the snapback).
+pub(super) type Save<'a> = dyn FnMut(&manifest::EntryRef<'_>, &[u8]) -> Result<()> + 'a;
+
 /// What the check found in a range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
@@ -110,7 +113,7 @@ impl Checker {
         &mut self,
         target: &Target,
         payload: &manifest::Payload<'_>,
-        save: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+        save: &mut Save<'_>,
     ) -> Result<()> {
         if self.complete {
             return Err(Error::Invalid("manifest record after the last one".into()));
@@ -154,7 +157,7 @@ impl Checker {
         &mut self,
         target: &Target,
         group: &[manifest::EntryRef<'_>],
-        save: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+        save: &mut Save<'_>,
     ) -> Result<()> {
         // Each range at an aligned place, so that aligned ones can be read with O_DIRECT.
         let mut at = Vec::with_capacity(group.len());
@@ -204,7 +207,7 @@ impl Checker {
                 state,
             });
             save(
-                e.extent.offset,
+                e,
                 &self.buf.as_slice()[start..start + e.extent.len as usize],
             )?;
         }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::blockdev::{Device, DeviceKind};
 use crate::error::{Error, IoContext, Result};
-use crate::stream::manifest::StreamIdentity;
+use crate::stream::manifest::{block_digest, BlockDigest, StreamIdentity};
 use crate::stream::{
     Format, Record, StreamError, StreamInfo, StreamReader, StreamTotals, StreamWriter,
     WriterOptions,
@@ -62,9 +62,7 @@ fn parent_of(path: &Path) -> &Path {
 /// What is at a snapback's path before the apply.
 enum Existing {
     Nothing,
-    /// A complete snapback made for the change set with this digest.
-    SnapbackFor(String),
-    /// Anything else (a regular file): overwritten only with `--force`.
+    /// A regular file: overwritten only with `--force` (unless it is kept).
     Other,
 }
 
@@ -128,23 +126,22 @@ fn already_exists(path: &Path) -> Error {
     )
 }
 
-/// The change set a complete snapback at `path` was made for, if it is one.
-fn snapback_for(path: &Path) -> Option<String> {
+type SnapbackReader = StreamReader<std::io::BufReader<File>>;
+
+/// The snapback at `path`, opened past its identity, if it is a snapback made for the change
+/// set with digest `changes` (a candidate to keep: its contents are checked as the apply goes).
+fn candidate(path: &Path, changes: &str) -> Option<SnapbackReader> {
     let file = File::open(path).ok()?;
     let mut reader = StreamReader::open(std::io::BufReader::new(file)).ok()?;
     if !reader.info().snapback {
         return None;
     }
-    let mut for_changes = None;
-    loop {
-        match reader.next_record().ok()? {
-            Some(Record::Identity(json)) => {
-                for_changes = StreamIdentity::from_json(json).ok()?.for_changes;
-            }
-            Some(_) => {}
-            // Verified to its end record: complete.
-            None => return for_changes,
+    match reader.next_record().ok()? {
+        Some(Record::Identity(json)) => {
+            let id = StreamIdentity::from_json(json).ok()?;
+            (id.for_changes.as_deref() == Some(changes)).then_some(reader)
         }
+        _ => None,
     }
 }
 
@@ -286,8 +283,14 @@ impl Snapback {
 /// A snapback written completely before the destination is touched (streams with a manifest).
 pub(super) struct PendingSnapback {
     path: PathBuf,
-    existing: Existing,
+    /// Something is at the path (refused without `force` unless it is kept).
+    exists: bool,
     force: bool,
+    /// The snapback at the path, if it was made for this same change set: read along with the
+    /// check, record by record, to tell whether it holds exactly the snapshot's contents of
+    /// every range (then it is kept: it restores the destination as it was before the first
+    /// attempt). `None` once it does not.
+    existing: Option<SnapbackReader>,
     temp: tempfile::NamedTempFile,
     snapback: Snapback,
 }
@@ -297,29 +300,30 @@ pub(super) struct PendingSnapback {
 pub enum SnapbackOutcome {
     /// Written at its path.
     Written(StreamTotals),
-    /// The path already held the snapback of an earlier attempt of this same change set: kept,
-    /// since it holds the destination as it was before that attempt.
+    /// The path already held the snapback of an earlier attempt at this change set, holding
+    /// the snapshot's contents of every range: kept.
     Kept,
 }
 
 impl PendingSnapback {
     /// Checks the path (as [`Snapback::create`] does) and starts writing into a temporary file
-    /// beside it. `for_changes` is the change-set digest of the stream being applied.
+    /// beside it. `changes` is the change-set digest of the stream being applied, if it has one.
     pub fn start(
         path: &Path,
         force: bool,
         info: &StreamInfo,
         dest: &Path,
         dest_dev: &Device,
-        for_changes: Option<String>,
+        changes: Option<String>,
     ) -> Result<Self> {
-        let (mut existing, mode) = check_path(path, dest, dest_dev)?;
-        if matches!(existing, Existing::Other) {
-            existing = match snapback_for(path) {
-                Some(f) => Existing::SnapbackFor(f),
-                None if force => Existing::Other,
-                None => return Err(already_exists(path)),
-            };
+        let (existing, mode) = check_path(path, dest, dest_dev)?;
+        let exists = !matches!(existing, Existing::Nothing);
+        let existing = match (&changes, exists) {
+            (Some(c), true) => candidate(path, c),
+            _ => None,
+        };
+        if exists && existing.is_none() && !force {
+            return Err(already_exists(path));
         }
         let parent = parent_of(path);
         let temp = tempfile::Builder::new()
@@ -331,34 +335,62 @@ impl PendingSnapback {
             .as_file()
             .try_clone()
             .ctx(|| format!("{}: cannot write snapback", path.display()))?;
-        let snapback = Snapback::on(file, path, info, dest_dev.size, for_changes)?;
+        let snapback = Snapback::on(file, path, info, dest_dev.size, changes)?;
         Ok(PendingSnapback {
             path: path.to_owned(),
-            existing,
+            exists,
             force,
+            existing,
             temp,
             snapback,
         })
     }
 
-    pub fn save(&mut self, offset: u64, old: &[u8]) -> Result<()> {
+    /// Saves a range's current contents; `prior` are the digests of the snapshot's contents of
+    /// it, which a snapback worth keeping holds.
+    pub fn save(
+        &mut self,
+        offset: u64,
+        old: &[u8],
+        prior: &dyn Fn(usize) -> BlockDigest,
+        block: u64,
+    ) -> Result<()> {
+        if let Some(reader) = self.existing.as_mut() {
+            let holds_prior = match reader.next_record() {
+                Ok(Some(Record::Data { offset: o, data })) => {
+                    o == offset
+                        && data.len() == old.len()
+                        && data
+                            .chunks(block as usize)
+                            .enumerate()
+                            .all(|(i, b)| block_digest(b) == prior(i))
+                }
+                _ => false,
+            };
+            if !holds_prior {
+                self.existing = None;
+            }
+        }
         self.snapback.save(offset, old)
     }
 
     /// Puts the snapback in place, durable, or keeps the one of an earlier attempt at the same
-    /// change set (`for_changes`). Refuses (the temporary file is removed) when the path holds
-    /// a snapback of something else and `force` was not given.
-    pub fn commit(self, for_changes: Option<&str>) -> Result<SnapbackOutcome> {
-        if let Existing::SnapbackFor(existing) = &self.existing {
-            if Some(existing.as_str()) == for_changes {
-                return Ok(SnapbackOutcome::Kept);
-            }
-            if !self.force {
-                return Err(refuse(
-                    &self.path,
-                    "snapback file already exists and belongs to another sync (use --force to overwrite it)",
-                ));
-            }
+    /// change set. Refuses (the temporary file is removed) when something else is at the path
+    /// and `force` was not given.
+    pub fn commit(mut self) -> Result<SnapbackOutcome> {
+        // Kept only if it held every range and ends right there, verified.
+        let keep = self
+            .existing
+            .as_mut()
+            .is_some_and(|r| matches!(r.next_record(), Ok(None)));
+        if keep {
+            return Ok(SnapbackOutcome::Kept);
+        }
+        if self.exists && !self.force {
+            return Err(refuse(
+                &self.path,
+                "snapback file already exists and belongs to another sync (use --force to overwrite it)",
+            ));
         }
         let totals = self.snapback.finish()?;
         self.temp.persist(&self.path).map_err(|e| {

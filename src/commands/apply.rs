@@ -60,33 +60,10 @@ pub fn run(config: &ApplyConfig) -> Result<()> {
         };
         apply_with(io::BufReader::with_capacity(1 << 20, f), dest, options, ctx)?
     };
-    if let Some(end) = report.interrupted_snapback {
-        if *verbosity >= Verbosity::Normal {
-            crate::say!(
-                "lvmsync: snapback ends at byte {end} without an end record (the apply that wrote it was interrupted); every recorded range restored"
-            );
+    if *verbosity >= Verbosity::Normal {
+        for note in report.notes(options, dest) {
+            crate::say!("lvmsync: {note}");
         }
-    }
-    if report.snapback_kept && *verbosity >= Verbosity::Normal {
-        if let Some(sb) = &options.snapback {
-            crate::say!(
-                "lvmsync: kept the snapback {} of an earlier attempt at these changes: it restores {} as it was before that attempt",
-                sb.display(),
-                dest.display()
-            );
-        }
-    }
-    if report.already_applied > 0 && *verbosity >= Verbosity::Normal {
-        crate::say!(
-            "lvmsync: {} ranges already held their new contents (an earlier apply of this stream) and were skipped",
-            report.already_applied
-        );
-    }
-    if report.forced > 0 && *verbosity >= Verbosity::Normal {
-        crate::say!(
-            "lvmsync: --force: {} ranges did not hold what the stream expected and were written anyway",
-            report.forced
-        );
     }
     if *verbosity >= Verbosity::Verbose {
         print_report(&report, dest);

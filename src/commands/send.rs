@@ -105,4 +105,11 @@ fn print_report(r: &SendReport, changes: &ChangeSet) {
         },
         HumanBytes(changes.volume_bytes),
     );
+    if r.already_applied > 0 {
+        crate::say!(
+            "lvmsync: {} records ({}) were already on the destination and were not sent again",
+            r.already_applied,
+            HumanBytes(r.already_applied_bytes)
+        );
+    }
 }

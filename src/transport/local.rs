@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::apply::{apply_with, ApplyContext, ApplyOptions};
 use crate::error::{IoContext, Named, Result};
+use crate::msg::Verbosity;
 use crate::session::{Hello, Message};
 
 const PIPE_WRITE: &str = "pipe to the local receiver: cannot write";
@@ -16,14 +17,16 @@ pub struct LocalReceiver {
     dest: PathBuf,
     options: ApplyOptions,
     session: bool,
+    verbosity: Verbosity,
 }
 
 impl LocalReceiver {
-    pub fn new(dest: PathBuf, options: ApplyOptions, session: bool) -> Self {
+    pub fn new(dest: PathBuf, options: ApplyOptions, session: bool, verbosity: Verbosity) -> Self {
         LocalReceiver {
             dest,
             options,
             session,
+            verbosity,
         }
     }
 
@@ -85,10 +88,20 @@ impl LocalReceiver {
             });
             // Closing the pipe ends the stream for the receiver.
             drop(out);
+            let done = match (&sent, back.as_mut()) {
+                (Ok(_), Some(b)) => super::expect_done(b),
+                _ => Ok(()),
+            };
             drop(back);
-            let applied = receiver.join().expect("receiver thread panicked");
-            applied?;
-            sent
+            let applied = receiver.join().expect("receiver thread panicked")?;
+            if self.verbosity >= Verbosity::Normal {
+                for note in applied.notes(options, dest) {
+                    crate::say!("lvmsync: {note}");
+                }
+            }
+            let sent = sent?;
+            done?;
+            Ok(sent)
         })
     }
 }

@@ -135,6 +135,7 @@ impl Destination {
                     force: opts.force,
                 },
                 opts.session,
+                verbosity,
             )),
             Address::Remote { host, path } => {
                 Destination::Remote(RemoteApply::spawn(&host, &path, opts, verbosity)?)
@@ -184,6 +185,44 @@ fn is_broken_pipe(e: &Error) -> bool {
     io.kind() == io::ErrorKind::BrokenPipe
 }
 
+/// Reads the receiver's hello and checks it speaks this lvmsync's session protocol.
+pub(crate) fn expect_hello(back: &mut dyn Read, who: &str) -> Result<()> {
+    use crate::session::{Hello, Message, PROTOCOL};
+    match Message::read_from(back) {
+        Ok(Message::Hello(Hello {
+            protocol,
+            lvmsync,
+            formats,
+            ..
+        })) => {
+            if protocol != PROTOCOL || !formats.contains(&4) {
+                return Err(Error::Invalid(format!(
+                    "{who} runs lvmsync {lvmsync}, which speaks session protocol {protocol} (this lvmsync speaks {PROTOCOL}); install the same version on both hosts"
+                )));
+            }
+            Ok(())
+        }
+        Ok(other) => Err(Error::Invalid(format!(
+            "{who} did not start a session as expected (it sent {other:?})"
+        ))),
+        Err(e) => Err(Error::io(format!("{who}: no session hello"), e)),
+    }
+}
+
+/// Reads the receiver's last message once the stream is closed: everything it wrote is durable.
+pub(crate) fn expect_done(back: &mut dyn Read) -> Result<()> {
+    use crate::session::Message;
+    match Message::read_from(back) {
+        Ok(Message::Done(_)) => Ok(()),
+        Ok(Message::Failed(why)) => Err(Error::Receiver(Some(why))),
+        Ok(other) => Err(Error::Invalid(format!(
+            "the receiver sent an unexpected message: {other:?}"
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(Error::Receiver(None)),
+        Err(e) => Err(Error::io("the session's back channel", e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,29 +270,5 @@ mod tests {
         for (arg, want) in table {
             assert_eq!(parse_destination(arg), want, "{arg}");
         }
-    }
-}
-
-/// Reads the receiver's hello and checks it speaks this lvmsync's session protocol.
-pub(crate) fn expect_hello(back: &mut dyn Read, who: &str) -> Result<()> {
-    use crate::session::{Hello, Message, PROTOCOL};
-    match Message::read_from(back) {
-        Ok(Message::Hello(Hello {
-            protocol,
-            lvmsync,
-            formats,
-            ..
-        })) => {
-            if protocol != PROTOCOL || !formats.contains(&4) {
-                return Err(Error::Invalid(format!(
-                    "{who} runs lvmsync {lvmsync}, which speaks session protocol {protocol} (this lvmsync speaks {PROTOCOL}); install the same version on both hosts"
-                )));
-            }
-            Ok(())
-        }
-        Ok(other) => Err(Error::Invalid(format!(
-            "{who} did not start a session as expected (it sent {other:?})"
-        ))),
-        Err(e) => Err(Error::io(format!("{who}: no session hello"), e)),
     }
 }

@@ -211,10 +211,17 @@ impl RemoteApply {
             Ok(r)
         });
         drop(out);
+        // Closing the stream lets the receiver finish; on a session it then says so.
+        drop(self.stdin.take());
+        let done = match (&sent, back.as_mut()) {
+            (Ok(_), Some(b)) => super::expect_done(b),
+            _ => Ok(()),
+        };
         drop(back);
         match sent {
             Ok(r) => {
                 self.finish()?;
+                done?;
                 Ok(r)
             }
             Err(e) if is_broken_pipe(&e) || is_session_end(&e) => {
@@ -229,9 +236,9 @@ impl RemoteApply {
     }
 }
 
-/// Whether the session's back channel ended: the remote stopped, and says why itself.
+/// Whether the receiver stopped or failed on the session: the remote says why itself.
 fn is_session_end(e: &Error) -> bool {
-    matches!(e, Error::Invalid(m) if m == "the receiver ended the session")
+    matches!(e, Error::Receiver(_))
 }
 
 impl Drop for RemoteApply {

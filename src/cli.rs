@@ -111,6 +111,11 @@ pub struct SyncArgs {
     /// Stream format to write: 3 (Ruby lvmsync compatible) or 4 (checksummed).
     #[arg(long, value_name = "3|4", default_value = "4", value_parser = parse_format)]
     pub format: Format,
+    /// Send no manifest: the receiver cannot check the destination against the snapshot before
+    /// writing, nor tell what an interrupted sync already wrote (saves reading the snapshot's
+    /// contents of the changed ranges).
+    #[arg(long)]
+    pub no_check: bool,
     /// Compress record payloads with zstd (format 4).
     #[arg(short = 'z', long)]
     pub compress: bool,
@@ -160,6 +165,8 @@ pub struct SendConfig {
     pub data_source: Option<PathBuf>,
     /// Where the snapshot's own contents are read for the manifest, when given.
     pub base_source: Option<PathBuf>,
+    /// Send no manifest.
+    pub no_check: bool,
     pub target: SendTarget,
     /// How the stream is written: format, compression, reads in flight.
     pub stream: SendOptions,
@@ -343,6 +350,7 @@ impl Cli {
             source,
             data_source: a.source.data_source,
             base_source: a.source.base_source,
+            no_check: a.no_check,
             target,
             stream: SendOptions {
                 format: a.format,

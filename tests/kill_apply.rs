@@ -60,13 +60,84 @@ struct Outcomes {
     no_snapback_yet: usize,
     cut_snapback: usize,
     complete_snapback: usize,
+    /// Kills that left DEST partly written (neither as before nor as after the sync).
+    dest_half_written: usize,
 }
 
-/// Kills `--apply - DEST --snapback SB` at random moments while feeding it `stream`, then rolls
-/// back; `reset` puts the original contents back on DEST before each run.
-fn kill_and_roll_back(dest: &Path, dir: &Path, seed: u64) -> Outcomes {
-    let stream = make_stream();
+/// The same changes as [`make_stream`], as a stream with a manifest made against `before` (the
+/// snapshot's contents, which DEST holds): written to `dir/stream`.
+fn make_checked_stream(before: &[u8], dir: &Path) -> Vec<u8> {
+    use lvmsync::extent::{Extent, ExtentList};
+    use lvmsync::stream::{Record, StreamReader};
+    let plain = make_stream();
+    let mut origin = before.to_vec();
+    let mut extents = Vec::new();
+    let mut r = StreamReader::open(&plain[..]).unwrap();
+    while let Some(rec) = r.next_record().unwrap() {
+        match rec {
+            Record::Data { offset, data } => {
+                origin[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+                extents.push(Extent::data(offset, data.len() as u64));
+            }
+            Record::Zero { offset, len } => {
+                origin[offset as usize..(offset + len) as usize].fill(0);
+                extents.push(Extent::zero(offset, len));
+            }
+            _ => {}
+        }
+    }
+    std::fs::write(dir.join("snapshot"), before).unwrap();
+    std::fs::write(dir.join("origin"), &origin).unwrap();
+    let prior = lvmsync::source::PriorSource::Device(dir.join("snapshot"));
+    let changes = lvmsync::source::ChangeSet {
+        extents: ExtentList::from_extents(extents),
+        chunk_bytes: 65536,
+        volume_bytes: SIZE,
+    };
+    let (stream, _) = lvmsync::send::send_changes_with(
+        &changes,
+        &dir.join("origin"),
+        Vec::new(),
+        &lvmsync::send::SendOptions::default(),
+        &|_| {},
+        lvmsync::send::StreamExtras {
+            identity: Some(Default::default()),
+            prior: Some(&prior),
+            session: None,
+        },
+    )
+    .unwrap();
+    stream
+}
+
+/// Kills `--apply - DEST --snapback SB` at random moments while feeding it a stream, then rolls
+/// back; the original contents are put back on DEST before each run. With `checked`, the stream
+/// has a manifest, and after the rollback check the interrupted apply is also resumed from the
+/// stream file and must finish exactly.
+fn kill_and_roll_back(dest: &Path, dir: &Path, seed: u64, checked: bool) -> Outcomes {
+    // Batches of 1 MiB (a test knob, see src/apply.rs): a 20 MiB stream then spans many, so
+    // that kills land between the writes of one and the next.
+    let batch = ("LVMSYNC_TEST_BATCH_BYTES", (1u64 << 20).to_string());
     let before = common::pattern(SIZE as usize, seed);
+    let stream = if checked {
+        make_checked_stream(&before, dir)
+    } else {
+        make_stream()
+    };
+    let stream_path = dir.join("stream");
+    std::fs::write(&stream_path, &stream).unwrap();
+    // DEST as the whole sync leaves it.
+    let after = {
+        let scratch = dir.join("after");
+        std::fs::write(&scratch, &before).unwrap();
+        lvmsync::apply::apply_stream(
+            &stream[..],
+            &scratch,
+            &lvmsync::apply::ApplyOptions::default(),
+        )
+        .unwrap();
+        std::fs::read(&scratch).unwrap()
+    };
     let sb = dir.join("sb");
     let mut rng = Rng(seed | 1);
     let mut seen = Outcomes::default();
@@ -80,6 +151,7 @@ fn kill_and_roll_back(dest: &Path, dir: &Path, seed: u64) -> Outcomes {
         let mut child = Command::new(lvmsync_bin())
             .args(["--apply", "-", dest.to_str().unwrap(), "--snapback"])
             .arg(&sb)
+            .env(batch.0, &batch.1)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -116,6 +188,10 @@ fn kill_and_roll_back(dest: &Path, dir: &Path, seed: u64) -> Outcomes {
         child.wait().unwrap();
         drop(stdin);
 
+        let state = std::fs::read(dest).unwrap();
+        if state != before && state != after {
+            seen.dest_half_written += 1;
+        }
         if !sb.exists() {
             seen.no_snapback_yet += 1;
         } else {
@@ -140,6 +216,54 @@ fn kill_and_roll_back(dest: &Path, dir: &Path, seed: u64) -> Outcomes {
             std::fs::read(dest).unwrap() == before,
             "round {round} (killed after feeding {kill_at} bytes): destination not restored"
         );
+        if checked {
+            // Once more: kill, then resume from the stream file instead of rolling back.
+            let _ = std::fs::remove_file(&sb);
+            let mut child = Command::new(lvmsync_bin())
+                .args(["--apply", "-", dest.to_str().unwrap(), "--snapback"])
+                .arg(&sb)
+                .env(batch.0, &batch.1)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            let _ = stdin.write_all(&stream);
+            drop(stdin);
+            std::thread::sleep(Duration::from_micros(rng.below(80_000)));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let out = Command::new(lvmsync_bin())
+                .arg("--apply")
+                .arg(&stream_path)
+                .arg(dest)
+                .arg("--snapback")
+                .arg(&sb)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: resuming failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                std::fs::read(dest).unwrap() == after,
+                "round {round}: the resumed apply differs"
+            );
+            // The snapback still rolls back to the state before the first attempt.
+            let out = Command::new(lvmsync_bin())
+                .arg("--apply")
+                .arg(&sb)
+                .arg(dest)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            assert!(
+                std::fs::read(dest).unwrap() == before,
+                "round {round}: the snapback after the resume does not roll back"
+            );
+        }
     }
     seen
 }
@@ -149,7 +273,7 @@ fn kill_during_apply_to_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("dest");
     std::fs::write(&dest, vec![0u8; SIZE as usize]).unwrap();
-    let seen = kill_and_roll_back(&dest, dir.path(), 0x5eed_0001);
+    let seen = kill_and_roll_back(&dest, dir.path(), 0x5eed_0001, false);
     eprintln!("file: {seen:?}");
     assert!(
         seen.cut_snapback >= KILLS / 5,
@@ -163,10 +287,26 @@ fn kill_during_apply_to_a_loop_device() {
     let backing = dir.path().join("backing");
     std::fs::write(&backing, vec![0u8; SIZE as usize]).unwrap();
     let dev = common::LoopDevice::attach(&backing);
-    let seen = kill_and_roll_back(Path::new(&dev.0), dir.path(), 0x5eed_0002);
+    let seen = kill_and_roll_back(Path::new(&dev.0), dir.path(), 0x5eed_0002, false);
     eprintln!("loop device: {seen:?}");
     assert!(
         seen.cut_snapback >= KILLS / 5,
         "too few kills mid-apply: {seen:?}"
+    );
+}
+
+/// The same with a stream that has a manifest (its snapback is written whole before the first
+/// write), on a loop device; each time the interrupted apply is also resumed.
+#[test]
+fn kill_during_checked_apply_then_roll_back_or_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing");
+    std::fs::write(&backing, vec![0u8; SIZE as usize]).unwrap();
+    let dev = common::LoopDevice::attach(&backing);
+    let seen = kill_and_roll_back(Path::new(&dev.0), dir.path(), 0x5eed_0003, true);
+    eprintln!("checked, loop device: {seen:?}");
+    assert!(
+        seen.dest_half_written >= KILLS / 10,
+        "too few kills mid-write: {seen:?}"
     );
 }

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::msg::Verbosity;
 use crate::send::{send_changes_with, SendReport, StreamExtras};
 use crate::source::{self, ChangeSet};
+use crate::stream::Format;
 use crate::transport::Destination;
 
 pub fn run(config: SendConfig) -> Result<()> {
@@ -17,6 +18,7 @@ pub fn run(config: SendConfig) -> Result<()> {
         source,
         data_source,
         base_source,
+        no_check,
         target,
         stream,
         receiver,
@@ -46,6 +48,15 @@ pub fn run(config: SendConfig) -> Result<()> {
             crate::say!("lvmsync: change {} +{} {}", e.offset, e.len, e.kind);
         }
     }
+    if resolved.prior.is_none()
+        && !no_check
+        && stream.format == Format::V4
+        && verbosity >= Verbosity::Normal
+    {
+        crate::say!(
+            "lvmsync: note: the stream carries no manifest, so the destination is not checked against the snapshot before it is written (nothing here holds the snapshot's own contents: an inactive thin snapshot can be activated with lvchange -ay -K, or --base-source names an image of it)"
+        );
+    }
     let bar = progress_bar(verbosity, changes.extents.total_bytes());
     let progress = |n: u64| {
         if let Some(b) = &bar {
@@ -56,7 +67,7 @@ pub fn run(config: SendConfig) -> Result<()> {
     let report = destination.send(|out, session| {
         let extras = StreamExtras {
             identity: Some(resolved.identity.clone()),
-            prior: resolved.prior.as_ref(),
+            prior: resolved.prior.as_ref().filter(|_| !no_check),
             session,
         };
         send_changes_with(changes, data_path, out, &stream, &progress, extras)

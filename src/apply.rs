@@ -124,6 +124,10 @@ pub struct ApplyReport {
     pub already_applied: u64,
     /// Ranges applied onto contents that were not the expected ones (`--force`).
     pub forced: u64,
+    /// Data and zero records written onto the destination (not those skipped).
+    pub written: u64,
+    /// Bytes of the volume they cover.
+    pub written_bytes: u64,
 }
 
 impl ApplyReport {
@@ -227,6 +231,8 @@ pub fn apply_with<R: Read>(
         checked,
         already_applied: 0,
         forced: 0,
+        written: 0,
+        written_bytes: 0,
     };
     if checked {
         apply_checked(&mut reader, &target, opts, &mut ctx, &mut report)?;
@@ -239,9 +245,9 @@ pub fn apply_with<R: Read>(
         .ctx(|| format!("{}: fsync failed", target.path.display()))?;
     if let Some(back) = ctx.session.as_deref_mut() {
         let done = Done {
-            written: report.totals.records - report.already_applied,
+            written: report.written,
             already_applied: report.already_applied,
-            bytes_written: report.totals.data_bytes + report.totals.zero_bytes,
+            bytes_written: report.written_bytes,
         };
         session_send(back, &Message::Done(done))?;
     }
@@ -302,6 +308,8 @@ fn apply_write_ahead<R: Read>(
         }
     })?;
     report.totals = reader.totals();
+    report.written = report.totals.records;
+    report.written_bytes = report.totals.data_bytes + report.totals.zero_bytes;
     report.interrupted_snapback = interrupted;
     report.snapback = snapback_totals;
     Ok(())
@@ -502,6 +510,7 @@ fn apply_checked<R: Read>(
             SnapbackOutcome::Kept => report.snapback_kept = true,
         }
     }
+    let (mut written, mut written_bytes) = (0, 0);
     let ((), _) = write_pipeline(target, None, |filler| {
         let mut next = 0usize;
         loop {
@@ -545,6 +554,8 @@ fn apply_checked<R: Read>(
             }
             if need[i] {
                 filler.push(&record)?;
+                written += 1;
+                written_bytes += len;
             }
         }
         let missing = entries[next..]
@@ -560,6 +571,8 @@ fn apply_checked<R: Read>(
         Ok(())
     })?;
     report.totals = reader.totals();
+    report.written = written;
+    report.written_bytes = written_bytes;
     Ok(())
 }
 

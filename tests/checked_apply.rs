@@ -355,3 +355,55 @@ fn a_local_sync_resumes_without_sending_what_arrived() {
     );
     assert!(case.dest() == case.origin);
 }
+
+/// The receiver's Done message counts what it wrote: on a resumed session the sender sends
+/// only the ranges still needed, and the skipped ones are not subtracted from those.
+#[test]
+fn done_counts_the_ranges_and_bytes_written() {
+    use lvmsync::session::{Done, Hello, Message};
+    let case = Case::new(8);
+    case.set_dest(&case.half_applied(2));
+    let prior = PriorSource::Device(case.path("snapshot"));
+    let (stream_r, stream_w) = std::io::pipe().unwrap();
+    let (mut back_r, mut back_w) = std::io::pipe().unwrap();
+    let dest = case.path("dest");
+    let receiver = std::thread::spawn(move || {
+        Message::Hello(Hello::ours()).write_to(&mut back_w).unwrap();
+        let ctx = ApplyContext {
+            session: Some(&mut back_w),
+            reopen: None,
+        };
+        apply_with(stream_r, &dest, &ApplyOptions::default(), ctx).unwrap()
+    });
+    assert!(matches!(
+        Message::read_from(&mut back_r).unwrap(),
+        Message::Hello(_)
+    ));
+    let (stream_w, _) = send_changes_with(
+        &case.changes,
+        &case.path("origin"),
+        stream_w,
+        &SendOptions::default(),
+        &|_| {},
+        StreamExtras {
+            identity: None,
+            prior: Some(&prior),
+            session: Some(&mut back_r),
+        },
+    )
+    .unwrap();
+    drop(stream_w);
+    let report = receiver.join().unwrap();
+    let pieces: Vec<Extent> = case.changes.extents.pieces(1 << 20).collect();
+    let want = Done {
+        written: pieces.len() as u64 - 2,
+        already_applied: 2,
+        bytes_written: pieces[2..].iter().map(|p| p.len).sum(),
+    };
+    assert_eq!(
+        Message::read_from(&mut back_r).unwrap(),
+        Message::Done(want)
+    );
+    assert_eq!(report.already_applied, 2);
+    assert!(case.dest() == case.origin);
+}

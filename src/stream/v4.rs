@@ -12,13 +12,16 @@
 //!         24  8  chunk size in bytes
 //!         32  4  crc32c of header bytes 0..32
 //! record  28-byte header, then payload_len bytes of payload:
-//!          0  1  type: 'D' data, 'Z' zero range, 'E' end
+//!          0  1  type: 'I' identity, 'M' manifest, 'R' resolution, 'D' data, 'Z' zero
+//!                range, 'E' end
 //!          1  1  flags: bit 0 = payload is one zstd frame (data records only)
 //!          2  2  reserved = 0
 //!          4  4  payload_len
 //!          8  8  offset (byte offset in the volume; 0 for 'E')
 //!         16  8  len (volume bytes covered, uncompressed; 0 for 'E')
 //!         24  4  crc32c of record header bytes 0..24 followed by the payload
+//! 'I' 'M' 'R'  flags, offset and len 0; payload: identity JSON, manifest entries, resolution
+//!         digests (see [`super::manifest`])
 //! 'D'     payload = len bytes of data (raw) or a zstd frame that decompresses to len bytes
 //! 'Z'     no payload; the range [offset, offset+len) is zeros
 //! 'E'     64-byte payload: records u64, data bytes u64, zero bytes u64, stream bytes before
@@ -26,9 +29,11 @@
 //! ```
 //!
 //! Data and zero records are strictly increasing and disjoint (`offset >= previous offset+len`),
-//! non-empty, and lie inside the source size. The stream digest is BLAKE3 over the
-//! concatenation, in stream order, of one 32-byte digest per data or zero record:
-//! `BLAKE3(type ‖ offset u64 BE ‖ len u64 BE ‖ uncompressed data)` (no data for zero records).
+//! non-empty, and lie inside the source size; the records come in the order
+//! `[I] [M* M(last) R*] (D|Z)* E`. The stream digest is BLAKE3 over the concatenation, in
+//! stream order, of one 32-byte digest per record but the end record:
+//! `BLAKE3(type ‖ offset u64 BE ‖ len u64 BE ‖ uncompressed data)` for data and zero records
+//! (no data for zero records), `BLAKE3(type ‖ payload)` for the others.
 //! Per-record digests let encoders hash in parallel threads while the stream digest still
 //! fixes the order. Nothing may follow the end record.
 //!
@@ -406,6 +411,8 @@ pub(super) struct ReadState {
     manifest: ManifestState,
     /// The end of the last manifest entry read.
     manifest_next_min: u64,
+    /// The digest block size of the first manifest record (every one must have the same).
+    manifest_block: Option<u64>,
     /// The last record found, kept to be returned once more (see [`ReadState::unread`]).
     last: Option<Found>,
     replay: bool,
@@ -469,6 +476,7 @@ impl ReadState {
             seen_changes: false,
             manifest: ManifestState::None,
             manifest_next_min: 0,
+            manifest_block: None,
             last: None,
             replay: false,
         }
@@ -538,6 +546,13 @@ impl ReadState {
                     Ok(p) => p,
                     Err(e) => return corrupt(e),
                 };
+                if let Some(block) = self.manifest_block.filter(|&b| b != parsed.block) {
+                    return corrupt(format!(
+                        "manifest record with block size {}, the first one has {block}",
+                        parsed.block
+                    ));
+                }
+                self.manifest_block = Some(parsed.block);
                 for e in &parsed.entries {
                     if e.extent.offset < self.manifest_next_min {
                         return corrupt(format!(

@@ -58,7 +58,7 @@ if [[ ! -f $OUT/data.stamp || $(cat "$OUT/data.stamp") != "$stamp" ]]; then
   "$GEN" image "$ORIGIN" $BYTES 1
   for s in "${SETS[@]}"; do
     read -r name cb pct <<<"$s"
-    "$GEN" store "$OUT/$name.cow" $BYTES $cb $((BYTES / cb * pct / 100)) $cb$pct \
+    "$GEN" store "$OUT/$name.cow" $BYTES $cb $((BYTES / cb * pct / 100)) $cb$pct --old-data \
       --iolog "$OUT/$name.read.iolog" "$ORIGIN" >>"$LOG"
     sed "s| read | write |; s|^$ORIGIN |$DEST |" "$OUT/$name.read.iolog" >"$OUT/$name.write.iolog"
   done
@@ -137,7 +137,8 @@ done
 # the origin everywhere except the 4k-1% set's chunks).
 for s in "${SETS[@]}"; do
   read -r name _ <<<"$s"
-  "$LVMSYNC" --stdout -q --cow "$OUT/$name.cow" --data-source "$ORIGIN" | "$LVMSYNC" -q --apply - "$DEST"
+  "$LVMSYNC" --stdout -q --no-check --cow "$OUT/$name.cow" --data-source "$ORIGIN" |
+    "$LVMSYNC" -q --apply - "$DEST"
 done
 "$GEN" scramble "$DEST" "$OUT/4k-1%.cow"
 
@@ -164,19 +165,29 @@ want send && for s in "${SETS[@]}"; do
 done
 
 # ---------------------------------------------------------------- apply
-# Format 4 streams of the origin's bytes, applied onto the destination (which then holds the
-# same bytes there: applying again changes nothing but is measured the same).
+# Format 4 streams of the origin's bytes without a manifest (--no-check), applied onto the
+# destination (which then holds the same bytes there: applying again writes them again).
+# "checked": the stream has its manifest (the default) and each run starts from the
+# destination as it was at snapshot time (scrambled, as the store's old data), so every range
+# is read and checked, then written.
 want apply && for s in "${SETS[@]}"; do
   read -r name _ <<<"$s"
-  "$LVMSYNC" --stdout -q --cow "$OUT/$name.cow" --data-source "$ORIGIN" >"$OUT/$name.lvs"
+  "$LVMSYNC" --stdout -q --cow "$OUT/$name.cow" --data-source "$ORIGIN" >"$OUT/$name.checked.lvs"
+  ref="device/fio randwrite $name qd32/direct"
+  prep='"$GEN" scramble "$DEST" "$OUT/$name.cow"; drop "$DEST"'
+  best t "$prep" "$LVMSYNC" -q --apply "$OUT/$name.checked.lvs" "$DEST"
+  record apply "$name checked" cold "${CHANGED[$name]}" "$t" "$ref"
+  best t "$prep; rm -f \"\$OUT/snapback.lvs\"" "$LVMSYNC" -q --apply "$OUT/$name.checked.lvs" --snapback "$OUT/snapback.lvs" "$DEST"
+  record apply "$name checked --snapback" cold "${CHANGED[$name]}" "$t" "$ref"
+  "$LVMSYNC" --stdout -q --no-check --cow "$OUT/$name.cow" --data-source "$ORIGIN" >"$OUT/$name.lvs"
   ref="device/fio randwrite $name qd32/direct"
   best t 'drop "$DEST"' "$LVMSYNC" -q --apply "$OUT/$name.lvs" "$DEST"
   record apply "$name" cold "${CHANGED[$name]}" "$t" "$ref"
   best t 'drop "$DEST"' env LVMSYNC_DIRECT_IO=off "$LVMSYNC" -q --apply "$OUT/$name.lvs" "$DEST"
   record apply "$name no O_DIRECT" cold "${CHANGED[$name]}" "$t" "$ref"
-  best t 'drop "$DEST"' "$LVMSYNC" -q --apply "$OUT/$name.lvs" --snapback "$OUT/snapback.lvs" --force "$DEST"
+  best t 'drop "$DEST"; rm -f "$OUT/snapback.lvs"' "$LVMSYNC" -q --apply "$OUT/$name.lvs" --snapback "$OUT/snapback.lvs" "$DEST"
   record apply "$name --snapback" cold "${CHANGED[$name]}" "$t" "$ref"
-  rm -f "$OUT/$name.lvs" "$OUT/snapback.lvs"
+  rm -f "$OUT/$name.lvs" "$OUT/$name.checked.lvs" "$OUT/snapback.lvs"
 done
 "$GEN" scramble "$DEST" "$OUT/4k-1%.cow"
 

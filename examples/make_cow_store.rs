@@ -4,10 +4,13 @@
 //!   make_cow_store image PATH BYTES SEED [--differ STORE]
 //!       writes a pseudo-random, roughly 2:1 compressible image; with --differ, the chunks that
 //!       STORE lists hold other bytes (a destination as it was at snapshot time)
-//!   make_cow_store store PATH ORIGIN_BYTES CHUNK_BYTES COUNT SEED [--iolog FILE TARGET]
+//!   make_cow_store store PATH ORIGIN_BYTES CHUNK_BYTES COUNT SEED [--old-data]
+//!                                                                 [--iolog FILE TARGET]
 //!       writes an exception store of COUNT distinct random origin chunks in random table order,
-//!       reads it back with lvmsync's reader and checks the table; with --iolog, writes a fio
-//!       version 2 iolog reading TARGET at the pieces lvmsync reads (merged, at most 1 MiB)
+//!       reads it back with lvmsync's reader and checks the table; with --old-data, each
+//!       exception's chunk holds the snapshot's contents there (what `image --differ` writes),
+//!       as in a kernel store, else zeros; with --iolog, writes a fio version 2 iolog reading
+//!       TARGET at the pieces lvmsync reads (merged, at most 1 MiB)
 //!   make_cow_store scramble PATH STORE
 //!       rewrites the chunks STORE lists as `image --differ` writes them
 //!   make_cow_store dontneed PATH...
@@ -129,8 +132,14 @@ fn pick_chunks(total: u64, count: u64, seed: u64) -> Res<Vec<u64>> {
 }
 
 fn store(args: &[String]) -> Res<()> {
+    const USAGE: &str =
+        "store PATH ORIGIN_BYTES CHUNK_BYTES COUNT SEED [--old-data] [--iolog FILE TARGET]";
     let [path, origin_bytes, chunk_bytes, count, seed, rest @ ..] = args else {
-        return Err("store PATH ORIGIN_BYTES CHUNK_BYTES COUNT SEED [--iolog FILE TARGET]".into());
+        return Err(USAGE.into());
+    };
+    let (old_data, rest) = match rest {
+        [flag, rest @ ..] if flag == "--old-data" => (true, rest),
+        _ => (false, rest),
     };
     let path = Path::new(path);
     let (origin_bytes, chunk_bytes): (u64, u64) = (origin_bytes.parse()?, chunk_bytes.parse()?);
@@ -143,12 +152,29 @@ fn store(args: &[String]) -> Res<()> {
     .write(path, &chunks, 0)?;
     // Read it back through the reader that reads real kernel stores.
     let s = ExceptionStore::open(path)?;
-    if s.chunk_bytes() != chunk_bytes || s.old_chunks()? != chunks {
+    let exceptions = s.exceptions()?;
+    if s.chunk_bytes() != chunk_bytes
+        || exceptions
+            .iter()
+            .map(|&(old, _)| old)
+            .ne(chunks.iter().copied())
+    {
         return Err(format!(
             "{}: the store does not read back as written",
             path.display()
         )
         .into());
+    }
+    if old_data {
+        // Each exception's chunk holds the snapshot's contents there, as the kernel's does:
+        // what `image --differ` and `scramble` write (a destination as it was at snapshot time).
+        let f = OpenOptions::new().write(true).open(path)?;
+        let mut buf = vec![0u8; chunk_bytes as usize];
+        for &(old, new) in &exceptions {
+            fill(&mut buf, old * chunk_bytes, OTHER_SEED);
+            f.write_all_at(&buf, new * chunk_bytes)?;
+        }
+        f.sync_all()?;
     }
     let changes = s.changes(origin_bytes)?;
     println!(
@@ -158,11 +184,12 @@ fn store(args: &[String]) -> Res<()> {
         changes.extents.len(),
         changes.extents.total_bytes()
     );
-    if let [flag, iolog, target] = rest {
-        if flag != "--iolog" {
-            return Err(format!("unexpected {flag}").into());
+    match rest {
+        [] => {}
+        [flag, iolog, target] if flag == "--iolog" => {
+            write_iolog(Path::new(iolog), Path::new(target), &changes.extents)?
         }
-        write_iolog(Path::new(iolog), Path::new(target), &changes.extents)?;
+        _ => return Err(USAGE.into()),
     }
     Ok(())
 }

@@ -71,7 +71,7 @@ pub struct OfflineSourceArgs {
     pub data_source: Option<PathBuf>,
     /// An image (or device) with the snapshot's own contents, read to check the destination
     /// before it is written: needed for that check with --thin-metadata; live snapshots and
-    /// --cow stores have their own.
+    /// --cow stores have their own, which it replaces.
     #[arg(long, value_name = "DEV")]
     pub base_source: Option<PathBuf>,
 }

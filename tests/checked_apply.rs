@@ -406,4 +406,29 @@ fn done_counts_the_ranges_and_bytes_written() {
     );
     assert_eq!(report.already_applied, 2);
     assert!(case.dest() == case.origin);
+
+/// The captured classic store holds the snapshot's contents of its chunks; `--base-source`
+/// names another image of them instead, and the destination is checked against that image.
+#[test]
+fn base_source_replaces_the_stores_own_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cow, before, after) = common::classic_fixture(dir.path());
+    let dest = dir.path().join("dest");
+    for (base, ok) in [(None, true), (Some(&after), false), (Some(&before), true)] {
+        common::copy(&before, &dest);
+        let mut cmd = lvmsync();
+        cmd.args(["--cow", p(&cow), "--data-source", p(&after)]);
+        if let Some(b) = base {
+            cmd.args(["--base-source", p(b)]);
+        }
+        let out = cmd.arg(p(&dest)).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "base {base:?}: {stderr}");
+        if ok {
+            assert!(common::same(&dest, &after));
+        } else {
+            assert!(stderr.contains("not a copy of the snapshot"), "{stderr}");
+            assert!(common::same(&dest, &before), "nothing written");
+        }
+    }
 }

@@ -104,7 +104,10 @@ pub fn resolve(
                 data_source: data_path,
                 classic: None,
                 identity: identity("cow-image", None, None),
-                prior: Some(PriorSource::CowStore(path.clone())),
+                prior: Some(base_source.map_or_else(
+                    || PriorSource::CowStore(path.clone()),
+                    |b| PriorSource::Device(b.to_owned()),
+                )),
             })
         }
         ChangeSourceSpec::ThinMetadata {

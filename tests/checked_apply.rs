@@ -406,6 +406,7 @@ fn done_counts_the_ranges_and_bytes_written() {
     );
     assert_eq!(report.already_applied, 2);
     assert!(case.dest() == case.origin);
+}
 
 /// The captured classic store holds the snapshot's contents of its chunks; `--base-source`
 /// names another image of them instead, and the destination is checked against that image.

@@ -44,7 +44,7 @@ use crate::extent::ExtentKind;
 use crate::parallel;
 use crate::session::{Done, Message, Plan};
 use crate::stream::manifest::{self, ChangesDigest, StreamIdentity};
-use crate::stream::{v4, Record, StreamError, StreamInfo, StreamReader, StreamTotals};
+use crate::stream::{v4, Record, SnapbackCut, StreamError, StreamInfo, StreamReader, StreamTotals};
 
 mod check;
 mod snapback;
@@ -274,18 +274,17 @@ fn apply_write_ahead<R: Read>(
         None => None,
     };
     let keep_snapback = snapback.is_some();
-    let info = report.info.clone();
     let mut written = WrittenRanges::default();
     let (interrupted, snapback_totals) = write_pipeline(target, snapback, |filler| {
         if let Some((at, e)) = pending {
-            return snapback_cut(reader, &info, at, e);
+            return snapback_cut(reader, at, e);
         }
         loop {
             let at = reader.position();
             let record = match reader.next_record() {
                 Ok(Some(record)) => record,
                 Ok(None) => return Ok(None),
-                Err(e) => return snapback_cut(reader, &info, at, e),
+                Err(e) => return snapback_cut(reader, at, e),
             };
             let (offset, len) = match record {
                 Record::Data { offset, data } => (offset, data.len() as u64),
@@ -619,31 +618,25 @@ fn resolve_from_stream(reopen: Reopen<'_>, checker: &mut Checker, target: &Targe
 }
 
 /// Judges a stream error at stream byte `at` (where the failing record starts). A snapback
-/// that ends there in no more than [`v4::MAX_SNAPBACK_TAIL`] bytes that do not form a record was
-/// cut short by a crash of the apply that wrote it: `Ok(Some(at))`, and the records before it
-/// are all that was ever overwritten. Anything else is the error it is.
+/// cut short by a crash of the apply that wrote it ([`StreamReader::snapback_cut`]) gives
+/// `Ok(Some(at))`: the records before it are all that was ever overwritten. Anything else is
+/// the error it is.
 fn snapback_cut<R: Read>(
     reader: &mut StreamReader<R>,
-    info: &StreamInfo,
     at: u64,
     error: StreamError,
 ) -> Result<Option<u64>> {
-    let damaged = matches!(error, StreamError::Corrupt(_) | StreamError::Unsupported(_));
-    if !info.snapback || !damaged {
-        return Err(error.into());
-    }
-    let consumed = reader.position() - at;
-    let limit = v4::MAX_SNAPBACK_TAIL.saturating_sub(consumed);
-    let rest = reader
-        .skip_rest(limit)
+    let cut = reader
+        .snapback_cut(at, &error)
         .map_err(|e| Error::io(format!("reading the snapback after byte {at}"), e))?;
-    if consumed + rest > v4::MAX_SNAPBACK_TAIL {
-        return Err(Error::Invalid(format!(
+    match cut {
+        SnapbackCut::NotACut => Err(error.into()),
+        SnapbackCut::Interrupted => Ok(Some(at)),
+        SnapbackCut::Damaged => Err(Error::Invalid(format!(
             "{error}; more than {} bytes follow, more than an interrupted apply leaves: the snapback is damaged, and the records before byte {at} were restored",
             v4::MAX_SNAPBACK_TAIL
-        )));
+        ))),
     }
-    Ok(Some(at))
 }
 
 fn take_from_pool(pool: &Receiver<Batch>) -> Result<Batch> {

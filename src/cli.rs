@@ -19,6 +19,7 @@ const USAGE: &str = "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
        lvmsync [OPTIONS] --stdout SNAPSHOT
        lvmsync [OPTIONS] --apply FILE|- DEST
        lvmsync changes SNAPSHOT
+       lvmsync info FILE|- [--json]
        (--cow FILE, or --thin-metadata FILE --thin-ids SNAP:ORIGIN, with --data-source ORIGIN,
         stand in for SNAPSHOT)";
 
@@ -43,6 +44,18 @@ pub struct Cli {
 pub enum Command {
     /// Print the changed byte ranges: one "OFFSET LENGTH KIND" line each, in decimal bytes.
     Changes(ChangesArgs),
+    /// Describe a stream or snapback and verify it whole, without applying it.
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The stream or snapback: a file, or - for standard input.
+    #[arg(value_name = "FILE|-")]
+    pub input: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +168,7 @@ pub enum Config {
     Send(SendConfig),
     Apply(ApplyConfig),
     Changes(ChangesConfig),
+    Info(InfoConfig),
 }
 
 /// Send the changes since a snapshot: to standard output, a local destination or a remote one.
@@ -187,6 +201,14 @@ pub struct ApplyConfig {
     pub verbosity: Verbosity,
 }
 
+/// Describe and verify a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InfoConfig {
+    /// A file, or `-` for standard input.
+    pub input: String,
+    pub json: bool,
+}
+
 /// List the changed ranges.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangesConfig {
@@ -201,6 +223,7 @@ impl Config {
         matches!(
             self,
             Config::Changes(_)
+                | Config::Info(_)
                 | Config::Send(SendConfig {
                     target: SendTarget::Stdout,
                     ..
@@ -245,6 +268,12 @@ impl OfflineSourceArgs {
 impl Cli {
     /// Turns raw arguments into a validated configuration.
     pub fn into_config(self) -> Result<Config> {
+        if let Some(Command::Info(i)) = self.command {
+            return Ok(Config::Info(InfoConfig {
+                input: i.input,
+                json: i.json,
+            }));
+        }
         if let Some(Command::Changes(c)) = self.command {
             let offline = c.source.offline()?;
             let source = match (offline, c.snapshot) {

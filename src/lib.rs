@@ -10,7 +10,8 @@
 //! carries it out, one module per command. Underneath: [`lvm`] (live discovery, and running
 //! LVM's and device-mapper's tools), [`blockdev`] (opening rules, sizes, aligned buffers),
 //! [`parallel`] (a pool of threads with many reads in flight), [`error`], [`exit`] (the exit
-//! statuses) and [`msg`].
+//! statuses) and [`msg`]. [`inspect`] reads a stream through without applying it (`lvmsync
+//! info`).
 
 pub mod apply;
 pub mod blockdev;
@@ -21,6 +22,7 @@ pub mod exit;
 pub mod extent;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod inspect;
 pub mod lvm;
 pub mod msg;
 pub mod parallel;

@@ -1,4 +1,4 @@
-//! Peak memory of an apply with a snapback. A test binary of its own: a child's peak resident
+//! Peak memory of an apply with a snapback, and of `lvmsync info`. A test binary of its own: a child's peak resident
 //! size, as the kernel reports it, includes what the parent held when it forked, so the parent
 //! here stays small and runs nothing else at the same time.
 
@@ -108,4 +108,42 @@ fn snapback_of_large_format3_records_keeps_memory_bounded() {
     );
     assert!(status.success());
     assert!(rss <= 128 << 20, "peak RSS {} MiB", rss >> 20);
+}
+
+/// `lvmsync info` streams through: a stream much larger than the bound is verified in bounded
+/// memory, from a file and from a pipe.
+#[test]
+fn info_reads_a_large_stream_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 512u64 << 20;
+    let input_path = dir.path().join("stream");
+    let opts = WriterOptions {
+        format: Format::V4,
+        source_bytes: size,
+        chunk_bytes: 4096,
+        compress: None,
+        snapback: false,
+    };
+    let mut w = StreamWriter::new(std::fs::File::create(&input_path).unwrap(), &opts).unwrap();
+    let piece = vec![0x5au8; 4 << 20];
+    for i in 0..size / (4 << 20) {
+        w.data(i * (4 << 20), &piece).unwrap();
+    }
+    w.finish().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("lvmsync");
+    let (status, rss) = run_measured(
+        std::process::Command::new(&bin)
+            .args(["info", p(&input_path)])
+            .stdout(std::process::Stdio::null()),
+    );
+    assert!(status.success());
+    assert!(rss <= 32 << 20, "peak RSS {} MiB", rss >> 20);
+    let (status, rss) = run_measured(
+        std::process::Command::new(&bin)
+            .args(["info", "-"])
+            .stdin(std::fs::File::open(&input_path).unwrap())
+            .stdout(std::process::Stdio::null()),
+    );
+    assert!(status.success());
+    assert!(rss <= 32 << 20, "peak RSS {} MiB", rss >> 20);
 }

@@ -73,6 +73,13 @@ pub const DESCRIPTION: Section = Section {
                 "List the changed byte ranges, one \"OFFSET LENGTH KIND\" line each, in decimal \
                  bytes; KIND is data or zero.",
             ),
+            (
+                "lvmsync info FILE|- [--json]",
+                "Describe a stream or snapback (its format, where it comes from, what it holds) \
+                 and verify it whole without applying it: exit 0 if it is valid (or a snapback \
+                 cut short by a crash, which applies), 1 with the byte where it is damaged or \
+                 cut. --json prints one JSON object.",
+            ),
         ]),
         Block::Text(
             "Offline change sources stand in for SNAPSHOT in every form, for forensics, tests or \
@@ -244,6 +251,10 @@ pub const EXAMPLES: &[Example] = &[
     Example {
         what: "List what would be sent:",
         commands: &["lvmsync changes /dev/vg/lv-snap"],
+    },
+    Example {
+        what: "Check a dump, or a snapback, before applying it:",
+        commands: &["lvmsync info lv.changes"],
     },
     Example {
         what: "Offline sources: a copy of a snapshot's -cow device and of its origin, and a copy \

@@ -3,10 +3,12 @@
 //!
 //! - [`send`]: `lvmsync [--stdout] SNAPSHOT [[HOST:]DEST]`, the changes as a stream;
 //! - [`apply`]: `lvmsync --apply FILE|- DEST`;
-//! - [`changes`]: `lvmsync changes SNAPSHOT`, the changed ranges as text.
+//! - [`changes`]: `lvmsync changes SNAPSHOT`, the changed ranges as text;
+//! - [`info`]: `lvmsync info FILE|-`, a stream described and verified.
 
 pub mod apply;
 pub mod changes;
+pub mod info;
 pub mod send;
 
 use crate::cli::Config;
@@ -18,5 +20,6 @@ pub fn run(config: Config) -> Result<()> {
         Config::Send(config) => send::run(config),
         Config::Apply(config) => apply::run(&config),
         Config::Changes(config) => changes::run(&config),
+        Config::Info(config) => info::run(&config),
     }
 }

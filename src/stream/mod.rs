@@ -485,6 +485,21 @@ impl<R: Read> Input<R> {
     }
 }
 
+/// What an error while reading a stream means at the end of a snapback
+/// ([`StreamReader::snapback_cut`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapbackCut {
+    /// The error stands: the stream is no snapback, or the error is no damage (an I/O error).
+    NotACut,
+    /// A snapback cut short by a crash: its tail, from the failed record on, is no longer than
+    /// an interrupted apply leaves. Applying the records before it restores every range the
+    /// apply overwrote.
+    Interrupted,
+    /// A snapback with more than [`v4::MAX_SNAPBACK_TAIL`] bytes after its last good record:
+    /// damaged, not cut by a crash.
+    Damaged,
+}
+
 /// What the reader of each format keeps between records.
 enum ReadState {
     V3(v3::ReadState),
@@ -626,6 +641,25 @@ impl<R: Read> StreamReader<R> {
     /// Stream bytes consumed so far: after a record, the position of the next one.
     pub fn position(&self) -> u64 {
         self.input.pos
+    }
+
+    /// Judges `error`, met reading the record that starts at stream byte `at`: whether the
+    /// stream is a snapback cut short by a crash of the apply that wrote it (see
+    /// docs/stream-format.md), whose records before `at` are then all it holds. Reads what is
+    /// left of the input, at most [`v4::MAX_SNAPBACK_TAIL`] bytes.
+    pub fn snapback_cut(&mut self, at: u64, error: &StreamError) -> io::Result<SnapbackCut> {
+        let damaged = matches!(error, StreamError::Corrupt(_) | StreamError::Unsupported(_));
+        if !self.info.snapback || !damaged {
+            return Ok(SnapbackCut::NotACut);
+        }
+        let consumed = self.position() - at;
+        let limit = v4::MAX_SNAPBACK_TAIL.saturating_sub(consumed);
+        let rest = self.skip_rest(limit)?;
+        Ok(if consumed + rest > v4::MAX_SNAPBACK_TAIL {
+            SnapbackCut::Damaged
+        } else {
+            SnapbackCut::Interrupted
+        })
     }
 
     /// Reads and throws away what is left of the input, up to `limit + 1` bytes; returns how

@@ -11,6 +11,8 @@ use crate::msg::Verbosity;
 use crate::session::{Hello, Message};
 
 const PIPE_WRITE: &str = "pipe to the local receiver: cannot write";
+/// Capacity asked for the pipe (the default limit for unprivileged users).
+const PIPE_BYTES: usize = 1 << 20;
 
 /// A receiver applying onto a local path, started when the stream is sent.
 pub struct LocalReceiver {
@@ -37,6 +39,8 @@ impl LocalReceiver {
         write: impl FnOnce(&mut dyn Write, Option<&mut dyn Read>) -> Result<T>,
     ) -> Result<T> {
         let (reader, writer) = io::pipe().ctx(|| "cannot create a pipe".into())?;
+        // A larger pipe than the default 64 KiB: fewer wake-ups of either side per MiB.
+        let _ = rustix::pipe::fcntl_setpipe_size(&writer, PIPE_BYTES);
         let back = if self.session {
             Some(io::pipe().ctx(|| "cannot create a pipe".into())?)
         } else {

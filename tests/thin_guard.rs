@@ -53,13 +53,17 @@ fn failed_and_foreign_status_lines_are_errors() {
 
 // ---- the guard itself, against a stand-in `dmsetup` that keeps a pool's held root in a file ----
 
+use lvmsync::lvm::DevNum;
+use lvmsync::source::thin::guard::ReadOnlyThinDevice;
 use lvmsync::source::thin::MetadataSnapGuard;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// Behaves like dmsetup for `status POOL` and `message POOL 0 reserve_metadata_snap|
 /// release_metadata_snap`: the held root lives in `state-POOL` ("-" when none); a `race-POOL`
-/// file makes status say "-" while reserving fails with EBUSY (someone else was faster).
+/// file makes status say "-" while reserving fails with EBUSY (someone else was faster). A
+/// device made by `create --readonly NAME --table TABLE` is the file `dev-NAME` holding its
+/// table, which `remove [--deferred] NAME` deletes; `devlog-NAME` lists both commands.
 const FAKE_DMSETUP: &str = r#"#!/bin/sh
 dir=$(dirname "$0")
 pool=$2
@@ -87,6 +91,18 @@ message)
     *) exit 1 ;;
     esac
     ;;
+create)
+    # create --readonly NAME --table TABLE
+    [ "$2" = --readonly ] && [ "$4" = --table ] || exit 1
+    echo "$5" > "$dir/dev-$3"
+    echo "$*" >> "$dir/devlog-$3" ;;
+mknodes)
+    [ -e "$dir/dev-$2" ] || exit 1 ;;
+remove)
+    if [ "$2" = --deferred ]; then name=$3; else name=$2; fi
+    [ -e "$dir/dev-$name" ] || { echo "Device does not exist." >&2; exit 1; }
+    rm "$dir/dev-$name"
+    echo "$*" >> "$dir/devlog-$name" ;;
 *) exit 1 ;;
 esac
 "#;
@@ -127,6 +143,52 @@ fn set_state(pool: &str, s: &str) {
 
 fn log(pool: &str) -> String {
     std::fs::read_to_string(fake_dmsetup().join(format!("log-{pool}"))).unwrap_or_default()
+}
+
+/// The pool device of the read-only views made in these tests.
+const DEVICE_POOL: DevNum = DevNum {
+    major: 253,
+    minor: 4,
+};
+
+fn devlog(name: &str) -> String {
+    std::fs::read_to_string(fake_dmsetup().join(format!("devlog-{name}"))).unwrap_or_default()
+}
+
+/// A read-only view of a thin device: made with the pool and device id in a `thin` table, and
+/// removed when dropped, or by `remove`, once.
+#[test]
+fn read_only_views_are_made_and_removed() {
+    let dir = fake_dmsetup();
+    let name = format!("lvmsync-thin5-{}", std::process::id());
+    let view = ReadOnlyThinDevice::create(DEVICE_POOL, 5, 131072).unwrap();
+    assert_eq!(view.name(), name);
+    assert_eq!(view.path(), Path::new("/dev/mapper").join(&name));
+    let dev = dir.join(format!("dev-{name}"));
+    assert_eq!(
+        std::fs::read_to_string(&dev).unwrap(),
+        "0 131072 thin 253:4 5\n"
+    );
+    drop(view);
+    assert!(!dev.exists());
+    assert_eq!(
+        devlog(&name),
+        format!("create --readonly {name} --table 0 131072 thin 253:4 5\nremove {name}\n")
+    );
+
+    let name = format!("lvmsync-thin6-{}", std::process::id());
+    let view = ReadOnlyThinDevice::create(DEVICE_POOL, 6, 8).unwrap();
+    view.remove().unwrap();
+    assert_eq!(devlog(&name).matches("remove").count(), 1);
+    // A panic while it exists removes it during unwinding.
+    let name = format!("lvmsync-thin8-{}", std::process::id());
+    let r = std::panic::catch_unwind(|| {
+        let _v = ReadOnlyThinDevice::create(DEVICE_POOL, 8, 8).unwrap();
+        assert!(fake_dmsetup().join(format!("dev-{name}")).exists());
+        panic!("reading failed");
+    });
+    assert!(r.is_err());
+    assert!(!dir.join(format!("dev-{name}")).exists());
 }
 
 #[test]
@@ -212,6 +274,8 @@ fn guard_signal_child() {
     fake_dmsetup();
     if let Ok(pool) = std::env::var("LVMSYNC_GUARD_CHILD_POOL") {
         let _g = MetadataSnapGuard::reserve(&pool).unwrap();
+        // A device made afterwards is removed first.
+        let _d = ReadOnlyThinDevice::create(DEVICE_POOL, 7, 2048).unwrap();
         println!("ready");
         std::thread::sleep(std::time::Duration::from_secs(60));
         panic!("no signal arrived");
@@ -287,6 +351,14 @@ fn signals_release_the_snapshot_and_exit_with_128_plus_signal() {
         assert_eq!(status.code(), Some(128 + sig.as_raw()), "{sig:?}");
         assert_eq!(state(&pool), "-", "{sig:?}");
         assert_eq!(log(&pool).matches("release_metadata_snap").count(), 1);
+        // Its reading threads may still have the device open: removed at the last close.
+        let name = format!("lvmsync-thin7-{}", child.id());
+        assert!(!dir.join(format!("dev-{name}")).exists(), "{sig:?}");
+        assert!(
+            devlog(&name).ends_with(&format!("remove --deferred {name}\n")),
+            "{}",
+            devlog(&name)
+        );
     }
 }
 

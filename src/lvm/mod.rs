@@ -88,6 +88,8 @@ pub struct ThinSnapshot {
     pub origin_id: u64,
     pub block_bytes: u64,
     pub origin_bytes: u64,
+    /// Size of the snapshot LV itself (its origin may have grown since).
+    pub snapshot_bytes: u64,
     /// `vg/lv` of the origin.
     pub origin_name: String,
     pub origin_uuid: Option<String>,
@@ -102,6 +104,14 @@ pub struct ThinSnapshot {
 /// its exception store is read.
 pub fn discover_snapshot(path: &Path) -> Result<Snapshot, Error> {
     discover_with(&SystemTools, path)
+}
+
+/// What `lvmsync --full SOURCE` reads: `Some` snapshot when SOURCE is an LVM snapshot (classic
+/// or thin, active or a thin one named while inactive), `None` for any other block device or a
+/// regular file, which is read as it is. A path that does not exist is looked up as a snapshot
+/// name (`VG/LV`, as an inactive thin snapshot is named).
+pub fn discover_copy_source(path: &Path) -> Result<Option<Snapshot>, Error> {
+    discover_copy_source_with(&SystemTools, path)
 }
 
 /// Refuses a classic snapshot that is invalid (it overflowed, so its change list is incomplete)
@@ -192,6 +202,31 @@ pub fn discover_with(tools: &dyn Tools, path: &Path) -> Result<Snapshot, Error> 
             ))
         })?;
     classify(tools, &rows, row, Some(dev))
+}
+
+pub fn discover_copy_source_with(
+    tools: &dyn Tools,
+    path: &Path,
+) -> Result<Option<Snapshot>, Error> {
+    let dev = match tools.path_kind(path)? {
+        PathKind::Block(dev) => dev,
+        // Opening it says what is wrong with anything but a regular file.
+        PathKind::NotBlock(_) => return Ok(None),
+        PathKind::Missing => return discover_with(tools, path).map(Some),
+    };
+    let lvm_name = match tools.dm_info(dev)? {
+        Some(info) if info.uuid.starts_with("LVM-") => info.name,
+        _ => return Ok(None),
+    };
+    let Some((vg, _)) = dm::split_lvm_dm_name(&lvm_name) else {
+        return Ok(None);
+    };
+    let rows = vg_rows(tools, &vg)?;
+    match rows.iter().find(|r| r.kernel_dev() == Some(dev)) {
+        Some(row) if row.is_snapshot() => classify(tools, &rows, row, Some(dev)).map(Some),
+        // A plain LV, an origin, an internal layer: read as it is.
+        _ => Ok(None),
+    }
 }
 
 /// Every LV of volume group `vg`.
@@ -386,6 +421,7 @@ fn thin(
         origin_id,
         block_bytes,
         origin_bytes: origin_row.size_bytes()?,
+        snapshot_bytes: row.size_bytes()?,
         origin_name: origin_full.clone(),
         origin_uuid: origin_row.uuid(),
         snapshot_uuid: row.uuid(),

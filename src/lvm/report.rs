@@ -114,6 +114,11 @@ impl LvRow {
         (!u.is_empty()).then(|| u.to_string())
     }
 
+    /// A classic snapshot (merging or not) or a thin LV with a thin origin.
+    pub fn is_snapshot(&self) -> bool {
+        matches!(self.attr_type(), 's' | 'S') || (self.segtype == "thin" && !self.origin.is_empty())
+    }
+
     pub fn is_merging(&self) -> bool {
         self.attr_type() == 'S' || self.lv_merging.trim() == "merging"
     }

@@ -148,6 +148,7 @@ fn thin_snapshot() {
         origin_id: 1,
         block_bytes: 65536,
         origin_bytes: 128 << 20,
+        snapshot_bytes: 128 << 20,
         origin_name: "vg0/thin1".into(),
         origin_uuid: None,
         snapshot_uuid: None,
@@ -189,6 +190,7 @@ fn hyphenated_names_and_a_striped_origin() {
             origin_id: 1,
             block_bytes: 131072,
             origin_bytes: 32 << 20,
+            snapshot_bytes: 32 << 20,
             origin_name: "my-vg/th-lv".into(),
             origin_uuid: None,
             snapshot_uuid: None,
@@ -335,4 +337,51 @@ fn original_fixture_tables_parse() {
     let tsnap =
         dm::parse_thin_table(&dm::single_target(&tables["vg0-tsnap"], "t").unwrap(), "t").unwrap();
     assert_eq!(tsnap.dev_id, 2);
+}
+
+#[test]
+fn copy_sources_are_snapshots_or_read_as_they_are() {
+    let copy = |s: &Captured, path: &str| discover_copy_source_with(s, Path::new(path));
+    let s = Captured::load("my-vg");
+    // Snapshots, classic and thin, are found as for a sync.
+    assert_eq!(
+        copy(&s, "/dev/my-vg/data-lv-snap").unwrap(),
+        Some(Snapshot::Classic(classic(&s, "/dev/my-vg/data-lv-snap")))
+    );
+    assert_eq!(
+        copy(&s, "/dev/mapper/my--vg-th--lv--snap").unwrap(),
+        Some(Snapshot::Thin(thin(&s, "/dev/mapper/my--vg-th--lv--snap")))
+    );
+    // Any other LV, an origin or a layer is read as it is.
+    for path in [
+        "/dev/my-vg/plain-lv",
+        "/dev/my-vg/lone-thin",
+        "/dev/my-vg/data-lv",
+        "/dev/mapper/my--vg-data--lv--snap-cow",
+    ] {
+        assert_eq!(copy(&s, path).unwrap(), None, "{path}");
+    }
+    // An inactive thin snapshot is found by name.
+    let inactive = Captured::load("my-vg-inactive-thin-snap");
+    let t = thin(&inactive, "my-vg/th-lv-snap");
+    assert_eq!(t.snapshot, None);
+    assert_eq!(t.snapshot_bytes, 32 << 20);
+    assert_eq!(
+        copy(&inactive, "my-vg/th-lv-snap").unwrap(),
+        Some(Snapshot::Thin(t))
+    );
+    // Devices LVM does not manage and files are read as they are; a missing path is an error.
+    let mut s = Captured::load("vg0-active");
+    s.paths.insert(
+        "/dev/loop0".into(),
+        PathKind::Block(DevNum { major: 7, minor: 0 }),
+    );
+    s.paths
+        .insert("/tmp/img".into(), PathKind::NotBlock("a regular file"));
+    assert_eq!(copy(&s, "/dev/loop0").unwrap(), None);
+    assert_eq!(copy(&s, "/tmp/img").unwrap(), None);
+    assert_eq!(
+        copy(&s, "/nonexistent").unwrap_err().to_string(),
+        "/nonexistent: no such device"
+    );
 }

@@ -1,22 +1,31 @@
-//! Holding a metadata snapshot of a live thin pool while its metadata is read.
+//! Holding things on a live thin pool that must be given back: a metadata snapshot while the
+//! pool's metadata is read, and a private read-only view of a thin device that LVM left inactive.
 //!
 //! `dmsetup message POOL 0 reserve_metadata_snap` makes the kernel keep a frozen copy of the
 //! pool's btrees; `dmsetup status POOL` then reports its block (the held metadata root, field 7);
 //! `release_metadata_snap` frees it. A pool holds at most one, and while it is held the kernel
-//! cannot free the metadata blocks it pins, so it must be released on every exit path: on drop
-//! (including unwinding from a panic) and on SIGINT, SIGTERM and SIGHUP, after which the process
-//! exits with status 128 + signal. A signal already ignored when lvmsync starts (`nohup`) stays
-//! ignored.
+//! cannot free the metadata blocks it pins, so it must be released on every exit path.
+//!
+//! A thin snapshot is created with LVM's activation-skip flag, so it usually has no device.
+//! [`ReadOnlyThinDevice`] makes one for lvmsync alone (`dmsetup create --readonly`, a `thin`
+//! target on the pool), without changing anything LVM knows; it holds the pool open, so it must
+//! be removed on every exit path too.
+//!
+//! Both are undone on drop (including unwinding from a panic) and on SIGINT, SIGTERM and SIGHUP,
+//! after which the process exits with status 128 + signal. A signal already ignored when lvmsync
+//! starts (`nohup`) stays ignored.
 //!
 //! A snapshot that was already held before lvmsync asked belongs to someone else (thin_dump,
 //! a backup tool...): lvmsync refuses to use it and never releases it.
 //!
 //! `dmsetup` is run like every other tool, by [`crate::lvm::tools::run_tool`].
 
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use super::ThinError;
 use crate::lvm::tools::{run_tool, ToolFailure};
+use crate::lvm::DevNum;
 
 /// The parts of a thin-pool status line lvmsync uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,11 +110,45 @@ fn release_snapshot(pool: &str) -> Result<(), ThinError> {
     dmsetup(&["message", pool, "0", "release_metadata_snap"]).map(drop)
 }
 
-/// Snapshots held by this process, by guard id. A guard is released by whoever removes it from
+/// Removes a device-mapper device. One still open (a probe by udev right after it appeared) is
+/// removed by the kernel at its last close instead.
+fn remove_device(name: &str) -> Result<(), ThinError> {
+    match dmsetup(&["remove", name]) {
+        Ok(_) => Ok(()),
+        Err(_) => remove_device_deferred(name),
+    }
+}
+
+fn remove_device_deferred(name: &str) -> Result<(), ThinError> {
+    dmsetup(&["remove", "--deferred", name]).map(drop)
+}
+
+/// What this process holds and must give back.
+#[derive(Debug, Clone)]
+enum Held {
+    /// A metadata snapshot of the pool with this device-mapper name.
+    MetadataSnap(String),
+    /// A device-mapper device lvmsync created, by name.
+    Device(String),
+}
+
+impl Held {
+    /// Gives it back. `exiting`: the process is about to exit with the device possibly still
+    /// open by its own reading threads, so its removal is deferred to the last close.
+    fn undo(&self, exiting: bool) -> Result<(), ThinError> {
+        match self {
+            Held::MetadataSnap(pool) => release_snapshot(pool),
+            Held::Device(name) if exiting => remove_device_deferred(name),
+            Held::Device(name) => remove_device(name),
+        }
+    }
+}
+
+/// Everything held by this process, by guard id. A guard is undone by whoever removes it from
 /// here first (its drop, an explicit release, or the signal handler), so never twice.
 struct Registry {
     next_id: u64,
-    held: Vec<(u64, String)>,
+    held: Vec<(u64, Held)>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -115,6 +158,27 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Registry {
+    fn add(&mut self, held: Held) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.held.push((id, held));
+        id
+    }
+}
+
+/// Undoes what guard `id` holds, unless the signal handler already did.
+fn undo_once(id: u64) -> Result<(), ThinError> {
+    let mut reg = registry();
+    match reg.held.iter().position(|(i, _)| *i == id) {
+        Some(i) => {
+            let (_, held) = reg.held.remove(i);
+            held.undo(false)
+        }
+        None => Ok(()),
+    }
 }
 
 /// Whether `sig` is ignored in this process. Such a signal was ignored on purpose by whoever
@@ -128,7 +192,7 @@ fn signal_ignored(sig: libc::c_int) -> bool {
     rc == 0 && unsafe { old.assume_init() }.sa_sigaction == libc::SIG_IGN
 }
 
-/// Installs (once) the thread that releases every held snapshot on SIGINT/SIGTERM/SIGHUP (those
+/// Installs (once) the thread that gives back everything held on SIGINT/SIGTERM/SIGHUP (those
 /// not ignored, see [`signal_ignored`]) and then exits with 128 + signal.
 fn install_signal_handler() -> Result<(), ThinError> {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
@@ -145,8 +209,9 @@ fn install_signal_handler() -> Result<(), ThinError> {
                 .spawn(move || {
                     if let Some(sig) = signals.forever().next() {
                         let mut reg = registry();
-                        for (_, pool) in reg.held.drain(..) {
-                            if let Err(e) = release_snapshot(&pool) {
+                        // Newest first: a device made after a metadata snapshot goes first.
+                        for (_, held) in reg.held.drain(..).rev() {
+                            if let Err(e) = held.undo(true) {
                                 crate::say!("lvmsync: {e}");
                             }
                         }
@@ -206,9 +271,7 @@ impl MetadataSnapGuard {
                 return Err(e);
             }
         };
-        let id = reg.next_id;
-        reg.next_id += 1;
-        reg.held.push((id, pool.to_string()));
+        let id = reg.add(Held::MetadataSnap(pool.to_string()));
         Ok(MetadataSnapGuard {
             id,
             pool: pool.to_string(),
@@ -233,21 +296,69 @@ impl MetadataSnapGuard {
     }
 
     fn release_once(&self) -> Result<(), ThinError> {
-        let mut reg = registry();
-        match reg.held.iter().position(|(id, _)| *id == self.id) {
-            Some(i) => {
-                reg.held.remove(i);
-                release_snapshot(&self.pool)
-            }
-            // Already released by the signal handler.
-            None => Ok(()),
-        }
+        undo_once(self.id)
     }
 }
 
 impl Drop for MetadataSnapGuard {
     fn drop(&mut self) {
         if let Err(e) = self.release_once() {
+            crate::say!("lvmsync: {e}");
+        }
+    }
+}
+
+/// A read-only device-mapper view of a thin device, made by lvmsync for itself while it reads
+/// it (a thin snapshot that LVM left inactive); removed when dropped. It holds the pool open,
+/// and nothing it does changes the pool's metadata or what LVM knows.
+#[derive(Debug)]
+pub struct ReadOnlyThinDevice {
+    id: u64,
+    name: String,
+    path: PathBuf,
+}
+
+impl ReadOnlyThinDevice {
+    /// Makes `/dev/mapper/NAME`, a read-only `thin` target of `sectors` 512-byte sectors on the
+    /// thin pool device `pool` (its `thin-pool` target) for thin device `dev_id`. NAME is
+    /// `lvmsync-thinID-PID`: one left behind by a `kill -9` says whose it was.
+    pub fn create(pool: DevNum, dev_id: u64, sectors: u64) -> Result<Self, ThinError> {
+        install_signal_handler()?;
+        let name = format!("lvmsync-thin{dev_id}-{}", std::process::id());
+        let table = format!("0 {sectors} thin {pool} {dev_id}");
+        // Registered under the lock, so a signal arriving meanwhile waits and then removes it.
+        let mut reg = registry();
+        dmsetup(&["create", "--readonly", &name, "--table", &table])?;
+        let id = reg.add(Held::Device(name.clone()));
+        drop(reg);
+        let device = ReadOnlyThinDevice {
+            id,
+            path: Path::new("/dev/mapper").join(&name),
+            name,
+        };
+        // Without udev nothing makes the node; with it, this only checks it is there.
+        dmsetup(&["mknodes", &device.name])?;
+        Ok(device)
+    }
+
+    /// The device to read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Removes the device now (close it first), reporting failure.
+    pub fn remove(self) -> Result<(), ThinError> {
+        undo_once(self.id)
+    }
+}
+
+impl Drop for ReadOnlyThinDevice {
+    fn drop(&mut self) {
+        if let Err(e) = undo_once(self.id) {
             crate::say!("lvmsync: {e}");
         }
     }

@@ -17,6 +17,7 @@ use crate::transport::{parse_destination, remote_command, Address, ReceiverOptio
 
 const USAGE: &str = "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
        lvmsync [OPTIONS] --stdout SNAPSHOT
+       lvmsync [OPTIONS] --full SNAPSHOT [HOST:]DEST|--stdout
        lvmsync [OPTIONS] --apply FILE|- DEST
        lvmsync changes SNAPSHOT
        lvmsync info FILE|- [--json]
@@ -97,6 +98,11 @@ pub struct SyncArgs {
     /// Write the change stream to standard output.
     #[arg(short = 's', long)]
     pub stdout: bool,
+    /// Copy the whole of SNAPSHOT as it was taken: the first copy, before syncs (zeros go as
+    /// zero ranges). A block device or image can stand in for SNAPSHOT; it must not change
+    /// during the copy.
+    #[arg(long)]
+    pub full: bool,
     /// Apply a change stream (a file, or - for standard input) to DEST.
     #[arg(short = 'a', long, value_name = "FILE")]
     pub apply: Option<String>,
@@ -181,6 +187,8 @@ pub struct SendConfig {
     pub base_source: Option<PathBuf>,
     /// Send no manifest.
     pub no_check: bool,
+    /// Copy the whole snapshot (`--full`), not the changes since it.
+    pub full: bool,
     pub target: SendTarget,
     /// How the stream is written: format, compression, reads in flight.
     pub stream: SendOptions,
@@ -308,6 +316,9 @@ impl Cli {
             (None, false) => None,
         };
         if let Some(input) = apply {
+            if a.full {
+                return Err(usage("--apply and --full cannot be used together"));
+            }
             if a.stdout {
                 return Err(usage("--apply and --stdout cannot be used together"));
             }
@@ -343,6 +354,18 @@ impl Cli {
             ));
         }
         let offline = a.source.offline()?;
+        if a.full {
+            let given = [
+                (offline.is_some(), "--cow or --thin-metadata"),
+                (a.source.data_source.is_some(), "--data-source"),
+                (a.source.base_source.is_some(), "--base-source"),
+            ];
+            if let Some((_, what)) = given.iter().find(|(given, _)| *given) {
+                return Err(usage(format!(
+                    "--full copies SNAPSHOT itself and takes no {what}"
+                )));
+            }
+        }
         let mut paths = a.paths.into_iter();
         let source = match offline {
             Some(s) => {
@@ -380,6 +403,7 @@ impl Cli {
             data_source: a.source.data_source,
             base_source: a.source.base_source,
             no_check: a.no_check,
+            full: a.full,
             target,
             stream: SendOptions {
                 format: a.format,
@@ -457,6 +481,34 @@ mod tests {
     }
 
     #[test]
+    fn full_copies_parse() {
+        for (args, want) in [
+            (
+                &["--full", "/dev/vg/snap", "host:/dev/x"][..],
+                SendTarget::Dest("host:/dev/x".into()),
+            ),
+            (&["--full", "--stdout", "/dev/vg/snap"], SendTarget::Stdout),
+            (
+                &["/dev/vg/snap", "/dev/x", "--full"],
+                SendTarget::Dest("/dev/x".into()),
+            ),
+        ] {
+            match config(args).unwrap() {
+                Config::Send(c) => {
+                    assert!(c.full, "{args:?}");
+                    assert_eq!(c.source, ChangeSourceSpec::Snapshot("/dev/vg/snap".into()));
+                    assert_eq!(c.target, want, "{args:?}");
+                }
+                c => panic!("{c:?}"),
+            }
+        }
+        match config(&["/dev/vg/snap", "/dev/x"]).unwrap() {
+            Config::Send(c) => assert!(!c.full),
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
     fn offline_sources_parse() {
         match config(&["--stdout", "--cow", "c.img", "--data-source", "o.img"]).unwrap() {
             Config::Send(SendConfig {
@@ -497,6 +549,12 @@ mod tests {
             &["/dev/vg/snap", "/dev/x", "/dev/y"],
             &["-e", "ssh 'unclosed", "/dev/vg/snap", "host:/dev/x"],
             &["/dev/vg/snap", "host:-rf"],
+            &["--full", "--apply", "f", "/dev/x"],
+            &["--full", "--cow", "c", "--data-source", "o", "/dev/x"],
+            &["--full", "--data-source", "o", "/dev/vg/snap", "/dev/x"],
+            &["--full", "--base-source", "b", "/dev/vg/snap", "/dev/x"],
+            &["--full", "/dev/vg/snap"],
+            &["--full", "--format", "3", "-z", "/dev/vg/snap", "/dev/x"],
         ] {
             assert!(
                 matches!(config(args), Err(Error::Usage(_))),

@@ -11,7 +11,7 @@ pub enum Exit {
     Failed,
     /// The command line was refused; nothing was done.
     Usage,
-    /// Ended by this signal (caught to release a held thin metadata snapshot first).
+    /// Ended by this signal (caught to give back what a thin pool holds for lvmsync first).
     Signal(i32),
 }
 
@@ -34,9 +34,10 @@ impl Exit {
         ),
         (
             "128+N",
-            "Killed by signal N. While it holds a thin pool's metadata snapshot, lvmsync \
-             catches SIGINT, SIGTERM and SIGHUP, releases the snapshot and exits with this \
-             status itself.",
+            "Killed by signal N. While it holds a thin pool's metadata snapshot or its own \
+             read-only device of an inactive thin snapshot (lvmsync-thinID-PID), lvmsync \
+             catches SIGINT, SIGTERM and SIGHUP, gives them back and exits with this status \
+             itself. After kill -9, remove such a device with dmsetup remove NAME.",
         ),
     ];
 

@@ -63,6 +63,7 @@ impl Default for SendOptions {
     }
 }
 
+pub mod full;
 mod manifest;
 
 /// What a stream carries besides its changes, and the session it may be sent over.

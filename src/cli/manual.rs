@@ -64,6 +64,15 @@ pub const DESCRIPTION: Section = Section {
                 "Write the change stream to standard output: a file or a pipe.",
             ),
             (
+                "lvmsync [OPTIONS] --full SNAPSHOT [HOST:]DEST|--stdout",
+                "The first copy: the whole of SNAPSHOT as it was when it was taken, to DEST or \
+                 standard output, in the same stream formats. All-zero stretches go as zero \
+                 ranges (and a thin snapshot's unmapped blocks are not even read), so DEST \
+                 allocates about what SNAPSHOT holds. A block device or image file can stand \
+                 in for SNAPSHOT, but it must not change during the copy: copy a snapshot of a \
+                 volume in use.",
+            ),
+            (
                 "lvmsync [OPTIONS] --apply FILE|- DEST",
                 "Apply a change stream, format 3 or 4 (detected), from FILE or standard input \
                  to DEST. Snapback files are applied the same way.",
@@ -104,7 +113,7 @@ pub const WORKFLOW: Section = Section {
             "lvcreate --snapshot -n lv-snap vg/lv",
         ]),
         Block::Text("2. Copy the snapshot to B while the service keeps running:"),
-        Block::Commands(&["dd if=/dev/vg/lv-snap bs=4M | ssh B dd of=/dev/vg/lv bs=4M"]),
+        Block::Commands(&["lvmsync --full /dev/vg/lv-snap B:/dev/vg/lv"]),
         Block::Text("3. Stop the service on A."),
         Block::Text("4. Send what changed since step 1:"),
         Block::Commands(&["lvmsync /dev/vg/lv-snap B:/dev/vg/lv"]),
@@ -113,8 +122,12 @@ pub const WORKFLOW: Section = Section {
              is no longer needed.",
         ),
         Block::Text(
-            "Step 4 reads and sends only the changed blocks. With --snapback FILE it also keeps, \
-             on B, what it overwrote: applying FILE to B's volume undoes the sync.",
+            "Step 2 reads the whole snapshot, with large reads and many in flight, and sends \
+             zero ranges for what reads as zeros; an inactive thin snapshot (LVM creates them \
+             with the activation-skip flag) is read through a read-only device lvmsync makes \
+             for the copy and removes afterwards. Step 4 reads and sends only the changed \
+             blocks. With --snapback FILE it also keeps, on B, what it overwrote: applying FILE \
+             to B's volume undoes the sync.",
         ),
     ],
 };
@@ -162,8 +175,9 @@ pub const GUARANTEES: Section = Section {
         Block::Text(
             "A destination is never created or truncated. A record that would reach past its \
              end is an error, and a format 4 stream whose source is larger than the destination \
-             is refused before the first write. A data source that cannot be the volume's \
-             origin is refused before anything is written.",
+             is refused before the first write; so is a --full copy to a smaller destination in \
+             either format. A data source that cannot be the volume's origin is refused before \
+             anything is written.",
         ),
         Block::Text(
             "A sync interrupted without --snapback (a crash, kill -9, a lost connection) leaves \
@@ -194,6 +208,11 @@ pub const GUARANTEES: Section = Section {
              vg-pool-tpool).",
         ),
         Block::Text(
+            "To copy an inactive thin snapshot, lvmsync makes a read-only device-mapper device \
+             of it named lvmsync-thinID-PID, and removes it on exit, and on SIGINT, SIGTERM and \
+             SIGHUP. After kill -9 it stays: remove it with dmsetup remove NAME.",
+        ),
+        Block::Text(
             "Memory stays under 128 MiB whatever the stream. Every I/O error names the file or \
              stream and the operation that failed.",
         ),
@@ -202,6 +221,10 @@ pub const GUARANTEES: Section = Section {
 
 /// Every example; the first [`HELP_EXAMPLES`] are shown by `--help` too.
 pub const EXAMPLES: &[Example] = &[
+    Example {
+        what: "Copy the whole snapshot to host B, the first time:",
+        commands: &["lvmsync --full /dev/vg/lv-snap B:/dev/vg/lv"],
+    },
     Example {
         what: "Send the changes since the snapshot to host B, over ssh:",
         commands: &["lvmsync /dev/vg/lv-snap B:/dev/vg/lv"],
@@ -268,7 +291,7 @@ pub const EXAMPLES: &[Example] = &[
 ];
 
 /// How many of [`EXAMPLES`] `--help` shows.
-pub const HELP_EXAMPLES: usize = 3;
+pub const HELP_EXAMPLES: usize = 4;
 
 pub const SEE_ALSO: Section = Section {
     title: "SEE ALSO",

@@ -19,6 +19,7 @@ pub fn run(config: SendConfig) -> Result<()> {
         data_source,
         base_source,
         no_check,
+        full: _,
         target,
         stream,
         receiver,
@@ -87,7 +88,7 @@ pub fn run(config: SendConfig) -> Result<()> {
 /// A progress bar on a terminal. indicatif ignores errors drawing it (a terminal that went
 /// away cannot make lvmsync panic); only the calls used here are known to: `set_position`,
 /// `finish_and_clear`.
-fn progress_bar(verbosity: Verbosity, total: u64) -> Option<ProgressBar> {
+pub(super) fn progress_bar(verbosity: Verbosity, total: u64) -> Option<ProgressBar> {
     if verbosity == Verbosity::Quiet || !io::stderr().is_terminal() {
         return None;
     }

@@ -3,9 +3,11 @@
 //! - [`cow`]: a classic (dm-snapshot) exception store;
 //! - [`thin`]: the difference of two thin devices' mappings in thin-pool metadata;
 //! - [`resolve`](mod@resolve): from a source as given (a live snapshot found through LVM, or an
-//!   offline store or metadata) to its [`ChangeSet`] and the device to read changed data from.
+//!   offline store or metadata) to its [`ChangeSet`] and the device to read changed data from;
+//! - [`full`]: the source of a first copy (`--full`), the whole of a snapshot or device.
 
 pub mod cow;
+pub mod full;
 pub mod resolve;
 pub mod thin;
 

@@ -55,7 +55,7 @@ struct DataSource {
     bytes: u64,
 }
 
-fn identity(
+pub(super) fn identity(
     kind: &str,
     origin: Option<VolumeIdentity>,
     snapshot: Option<VolumeIdentity>,
@@ -73,7 +73,7 @@ fn identity(
     }
 }
 
-fn volume(name: &str, uuid: &Option<String>) -> VolumeIdentity {
+pub(super) fn volume(name: &str, uuid: &Option<String>) -> VolumeIdentity {
     VolumeIdentity {
         name: Some(name.to_string()),
         uuid: uuid.clone(),

@@ -18,6 +18,7 @@ use crate::transport::{parse_destination, remote_command, Address, ReceiverOptio
 const USAGE: &str = "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
        lvmsync [OPTIONS] --stdout SNAPSHOT
        lvmsync [OPTIONS] --full SNAPSHOT [HOST:]DEST|--stdout
+       lvmsync [OPTIONS] --stdout --resume FILE SNAPSHOT
        lvmsync [OPTIONS] --apply FILE|- DEST
        lvmsync changes SNAPSHOT
        lvmsync info FILE|- [--json]
@@ -103,6 +104,10 @@ pub struct SyncArgs {
     /// during the copy.
     #[arg(long)]
     pub full: bool,
+    /// With --stdout: finish the dump in FILE, cut short by an earlier run, in place (its
+    /// valid start is kept, the rest appended; nothing goes to standard output).
+    #[arg(long, value_name = "FILE", requires = "stdout")]
+    pub resume: Option<PathBuf>,
     /// Apply a change stream (a file, or - for standard input) to DEST.
     #[arg(short = 'a', long, value_name = "FILE")]
     pub apply: Option<String>,
@@ -175,6 +180,16 @@ pub enum Config {
     Apply(ApplyConfig),
     Changes(ChangesConfig),
     Info(InfoConfig),
+    Resume(ResumeConfig),
+}
+
+/// Finish a `--stdout` dump that was cut short, in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeConfig {
+    /// The dump's file.
+    pub file: PathBuf,
+    /// The send it finishes (its target is standard output, not written to).
+    pub send: SendConfig,
 }
 
 /// Send the changes since a snapshot: to standard output, a local destination or a remote one.
@@ -392,8 +407,18 @@ impl Cli {
                     .ok_or_else(|| usage("no destination specified"))?,
             )
         };
+        if a.resume.is_some() && a.full {
+            return Err(usage(
+                "--resume finishes a --stdout dump of the changes since a snapshot, not of --full",
+            ));
+        }
+        if a.resume.is_some() && a.format == Format::V3 {
+            return Err(usage(
+                "--resume needs format 4: a format 3 dump has no checksums to tell where it was cut",
+            ));
+        }
         if let Some(extra) = paths.next() {
-            if target != SendTarget::Stdout {
+            if target != SendTarget::Stdout || a.resume.is_some() {
                 return Err(usage(format!("unexpected argument '{extra}'")));
             }
             // Ruby lvmsync ignored a DEST given with --stdout; so do we, for old scripts.
@@ -424,6 +449,9 @@ impl Cli {
             if let Address::Remote { host, path } = parse_destination(dest) {
                 remote_command(&host, &path, &config.receiver, verbosity)?;
             }
+        }
+        if let Some(file) = a.resume {
+            return Ok(Config::Resume(ResumeConfig { file, send: config }));
         }
         Ok(Config::Send(config))
     }

@@ -65,6 +65,7 @@ impl Default for SendOptions {
 
 pub mod full;
 mod manifest;
+pub mod resume;
 
 /// What a stream carries besides its changes, and the session it may be sent over.
 #[derive(Default)]
@@ -123,6 +124,15 @@ pub fn send_changes_with<W: Write>(
     extras: StreamExtras<'_, '_>,
 ) -> Result<(W, SendReport)> {
     let start = Instant::now();
+    let (dev, pieces) = open_data_source(source, changes)?;
+    send_from(
+        &dev, source, changes, &pieces, out, opts, progress, start, extras,
+    )
+}
+
+/// Opens the data source of `changes` for reading their pieces (the ranges cut as the stream's
+/// records are): with O_DIRECT when the pieces allow it.
+fn open_data_source(source: &Path, changes: &ChangeSet) -> Result<(Device, Vec<Extent>)> {
     let dev = Device::open_read(source)?;
     let needed = changes.extents.end();
     if dev.size < needed {
@@ -143,9 +153,7 @@ pub fn send_changes_with<W: Write>(
             dev
         }
     };
-    send_from(
-        &dev, source, changes, &pieces, out, opts, progress, start, extras,
-    )
+    Ok((dev, pieces))
 }
 
 /// Sends `pieces` (the changed ranges of `changes`, cut for reading) read from `dev`.
@@ -215,6 +223,31 @@ fn send_from<W: Write>(
     let already_applied_bytes =
         changes.extents.total_bytes() - pieces.iter().map(|p| p.len).sum::<u64>();
     let already_applied = (changes.extents.pieces(READ_PIECE).count() - pieces.len()) as u64;
+    // On a session, the transport reads the receiver's last word once the stream is closed.
+    let (out, totals) = write_records(writer, dev, source, pieces, opts, progress)?;
+    Ok((
+        out,
+        SendReport {
+            ranges: changes.extents.len(),
+            totals,
+            elapsed: start.elapsed(),
+            checked: prior.is_some(),
+            already_applied,
+            already_applied_bytes,
+        },
+    ))
+}
+
+/// Writes the data and zero records of `pieces`, read from `dev` (`source`), then the end
+/// record.
+fn write_records<W: Write>(
+    mut writer: StreamWriter<W>,
+    dev: &Device,
+    source: &Path,
+    pieces: &[Extent],
+    opts: &SendOptions,
+    progress: Progress<'_>,
+) -> Result<(W, StreamTotals)> {
     let depth = opts.queue_depth.max(1);
     let encoders = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
@@ -235,19 +268,7 @@ fn send_from<W: Write>(
             Ok(())
         },
     )?;
-    // On a session, the transport reads the receiver's last word once the stream is closed.
-    let (out, totals) = writer.finish()?;
-    Ok((
-        out,
-        SendReport {
-            ranges: changes.extents.len(),
-            totals,
-            elapsed: start.elapsed(),
-            checked: prior.is_some(),
-            already_applied,
-            already_applied_bytes,
-        },
-    ))
+    Ok(writer.finish()?)
 }
 
 /// The next message of the session's back channel. Its end means the receiver stopped: the

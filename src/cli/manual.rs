@@ -73,6 +73,15 @@ pub const DESCRIPTION: Section = Section {
                  volume in use.",
             ),
             (
+                "lvmsync [OPTIONS] --stdout --resume FILE SNAPSHOT",
+                "Finish a dump that an earlier --stdout run into FILE left cut short (a crash, a \
+                 full disk), in place: FILE must be a regular file holding the start of the \
+                 stream this run writes (the same options and the same change set), which is \
+                 verified and kept up to its last complete record; the rest is appended, and \
+                 FILE ends as the whole stream, checksums and digest included. Anything else \
+                 is refused and FILE left as it was. Format 4 only.",
+            ),
+            (
                 "lvmsync [OPTIONS] --apply FILE|- DEST",
                 "Apply a change stream, format 3 or 4 (detected), from FILE or standard input \
                  to DEST. Snapback files are applied the same way.",
@@ -278,6 +287,10 @@ pub const EXAMPLES: &[Example] = &[
     Example {
         what: "Check a dump, or a snapback, before applying it:",
         commands: &["lvmsync info lv.changes"],
+    },
+    Example {
+        what: "Finish a compressed dump that was cut short, in place:",
+        commands: &["lvmsync --stdout -z --resume lv.changes /dev/vg/lv-snap"],
     },
     Example {
         what: "Offline sources: a copy of a snapshot's -cow device and of its origin, and a copy \

@@ -5,12 +5,14 @@
 //! - [`full`]: `lvmsync --full [--stdout] SNAPSHOT [[HOST:]DEST]`, the whole snapshot;
 //! - [`apply`]: `lvmsync --apply FILE|- DEST`;
 //! - [`changes`]: `lvmsync changes SNAPSHOT`, the changed ranges as text;
-//! - [`info`]: `lvmsync info FILE|-`, a stream described and verified.
+//! - [`info`]: `lvmsync info FILE|-`, a stream described and verified;
+//! - [`resume`]: `lvmsync --stdout --resume FILE SNAPSHOT`, a dump cut short finished in place.
 
 pub mod apply;
 pub mod changes;
 pub mod full;
 pub mod info;
+pub mod resume;
 pub mod send;
 
 use crate::cli::Config;
@@ -24,5 +26,6 @@ pub fn run(config: Config) -> Result<()> {
         Config::Apply(config) => apply::run(&config),
         Config::Changes(config) => changes::run(&config),
         Config::Info(config) => info::run(&config),
+        Config::Resume(config) => resume::run(config),
     }
 }

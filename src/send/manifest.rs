@@ -93,10 +93,20 @@ pub fn write_manifest<W: std::io::Write>(
     pieces: &[Extent],
     prior: &PriorSource,
 ) -> Result<()> {
+    manifest_payloads(pieces, prior, &mut |payload| Ok(writer.manifest(payload)?))
+}
+
+/// The manifest records of `pieces`, in order, handed to `emit` as payloads (the last one
+/// with the last flag).
+pub fn manifest_payloads(
+    pieces: &[Extent],
+    prior: &PriorSource,
+    emit: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
     let mut builder = ManifestBuilder::new(DIGEST_BLOCK);
     let mut each = |p: &Extent, d: &[BlockDigest]| {
         if let Some(full) = builder.push(*p, d)? {
-            writer.manifest(&full)?;
+            emit(&full)?;
         }
         Ok(())
     };
@@ -124,8 +134,7 @@ pub fn write_manifest<W: std::io::Write>(
             digests_in_order(pieces, &|p, buf| chunks.read(p.offset, buf), &mut each)?;
         }
     }
-    writer.manifest(&builder.finish())?;
-    Ok(())
+    emit(&builder.finish())
 }
 
 /// Writes resolution records for the ranges at `offsets` (pieces of the stream, asked about by

@@ -335,6 +335,34 @@ impl<W: Write> StreamWriter<W> {
         })
     }
 
+    /// Continues a format 4 stream whose first records were written before (by this process
+    /// or another): `sink` is positioned right after them, and `from` is the state a reader had
+    /// there ([`StreamReader::continuation`]). Nothing is written now; the records that follow
+    /// and the end record then make the whole stream, its counts and stream digest covering
+    /// the kept records too. `opts` must be those of the stream's header.
+    pub fn continue_after(
+        sink: W,
+        opts: &WriterOptions,
+        from: Continuation,
+    ) -> Result<Self, StreamError> {
+        if opts.format != Format::V4 || opts.snapback {
+            return Err(StreamError::Unsupported(
+                "only an ordinary format 4 stream can be continued".into(),
+            ));
+        }
+        let encoder = RecordEncoder::new(opts)?;
+        let state = v4::WriteState::resume(opts.source_bytes, from.next_min, from.digest);
+        Ok(StreamWriter {
+            sink: BufWriter::with_capacity(WRITE_BUFFER, sink),
+            format: Format::V4,
+            compressed: opts.compress.is_some(),
+            encoder,
+            scratch: EncodedRecords::new(),
+            totals: from.totals,
+            state: WriteState::V4(Box::new(state)),
+        })
+    }
+
     /// A new encoder with this stream's format and compression, for another thread.
     pub fn encoder(&self) -> RecordEncoder {
         self.encoder.fresh()
@@ -485,6 +513,18 @@ impl<R: Read> Input<R> {
     }
 }
 
+/// The state of a format 4 stream at a record boundary, from which a writer can carry on
+/// (see [`StreamReader::continuation`]).
+#[derive(Debug, Clone)]
+pub struct Continuation {
+    /// The counts so far; `wire_bytes` is the stream position of the boundary.
+    pub totals: StreamTotals,
+    /// The next data or zero record must start at or after this offset.
+    pub next_min: u64,
+    /// The stream digest over the records so far.
+    digest: blake3::Hasher,
+}
+
 /// What an error while reading a stream means at the end of a snapback
 /// ([`StreamReader::snapback_cut`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -627,6 +667,17 @@ impl<R: Read> StreamReader<R> {
         match &mut self.state {
             ReadState::V3(state) => state.unread(),
             ReadState::V4(state) => state.unread(),
+        }
+    }
+
+    /// Where a writer could continue this format 4 stream after the records read so far
+    /// ([`StreamWriter::continue_after`]): after the header or after a record that was read
+    /// whole and verified. `None` for format 3 (no counts, no digest to carry on), and after an
+    /// error, which may have left the reading state half updated: take it after each record.
+    pub fn continuation(&self) -> Option<Continuation> {
+        match &self.state {
+            ReadState::V3(_) => None,
+            ReadState::V4(state) => state.continuation(self.totals, self.input.pos),
         }
     }
 

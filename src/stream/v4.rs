@@ -308,6 +308,15 @@ impl WriteState {
         })
     }
 
+    /// The state after records written before (see [`super::StreamWriter::continue_after`]).
+    pub(super) fn resume(source_bytes: u64, next_min: u64, digest: blake3::Hasher) -> Self {
+        WriteState {
+            source_bytes,
+            next_min,
+            digest,
+        }
+    }
+
     /// Writes a batch of encoded records after checking that they continue the stream in
     /// increasing, disjoint order inside the source size; nothing is written if they do not.
     pub(super) fn write(
@@ -484,6 +493,25 @@ impl ReadState {
 
     pub(super) fn info(&self) -> &StreamInfo {
         &self.info
+    }
+
+    /// Where a writer could carry on, at stream position `pos` (a record boundary).
+    pub(super) fn continuation(
+        &self,
+        totals: StreamTotals,
+        pos: u64,
+    ) -> Option<super::Continuation> {
+        if self.done || self.replay {
+            return None;
+        }
+        Some(super::Continuation {
+            totals: StreamTotals {
+                wire_bytes: pos,
+                ..totals
+            },
+            next_min: self.next_min,
+            digest: self.digest.clone(),
+        })
     }
 
     /// Makes the next [`ReadState::read_record`] return the last record again (its payload is

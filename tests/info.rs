@@ -412,6 +412,47 @@ fn records_must_follow_the_manifest() {
     }
 }
 
+/// A session's stream carries resolution records and only the entries the receiver asked for:
+/// a subsequence of the manifest, in order.
+#[test]
+fn a_sessions_stream_may_skip_entries() {
+    let entries = [
+        Extent::data(0, 4096),
+        Extent::data(8192, 4096),
+        Extent::zero(16384, 4096),
+    ];
+    let session_stream = |records: &[Extent]| {
+        let mut w = StreamWriter::new(Vec::new(), &opts()).unwrap();
+        let mut b = ManifestBuilder::new(DIGEST_BLOCK);
+        for e in &entries {
+            b.push(*e, &[block_digest(b"x")]).unwrap();
+        }
+        w.manifest(&b.finish()).unwrap();
+        let mut r = Vec::new();
+        lvmsync::stream::manifest::push_resolution(&mut r, 8192, &[block_digest(b"y")]);
+        w.resolution(&r).unwrap();
+        for e in records {
+            match e.kind {
+                lvmsync::extent::ExtentKind::Data => w.data(e.offset, &vec![1; e.len as usize]),
+                lvmsync::extent::ExtentKind::Zero => w.zero(e.offset, e.len),
+            }
+            .unwrap();
+        }
+        w.finish().unwrap().0
+    };
+    let ins = inspect(&session_stream(&[entries[0], entries[2]])[..]).unwrap();
+    assert_eq!(ins.resolution_records, 1);
+    assert_eq!((ins.data_records, ins.zero_records), (1, 1));
+    assert!(inspect(&session_stream(&[])[..]).is_ok());
+    let err = inspect(&session_stream(&[Extent::data(4096, 100)])[..])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("is for byte 4096 of the volume, the manifest's next range is at byte 8192"),
+        "{err}"
+    );
+}
+
 /// The JSON fields are the ones docs/stream-format.md lists.
 #[test]
 fn json_fields_are_documented() {

@@ -281,6 +281,12 @@ fn snapbacks_whole_and_cut_short() {
             assert!(out.status.success());
         }
     }
+    // More than an interrupted apply leaves after the last good record: damage, exit 1.
+    let cut = f.path("sbcut");
+    std::fs::write(&cut, &bytes[..starts[2] as usize + 30]).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&cut).unwrap();
+    file.set_len(starts[2] + (65 << 20)).unwrap();
+    refused(&info(&[p(&cut)]), "the snapback is damaged");
 }
 
 #[test]

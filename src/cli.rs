@@ -64,6 +64,9 @@ pub struct InfoArgs {
 pub struct ChangesArgs {
     /// The snapshot (omit with --cow or --thin-metadata).
     pub snapshot: Option<PathBuf>,
+    /// Print one JSON object (volume and chunk size, totals, every range) instead of lines.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub source: OfflineSourceArgs,
 }
@@ -140,6 +143,15 @@ pub struct SyncArgs {
     /// contents of the changed ranges).
     #[arg(long)]
     pub no_check: bool,
+    /// Read only the change list and print what would be sent: the ranges on standard output,
+    /// records and bytes and the stream's size on standard error; no data is read, DEST is not
+    /// touched.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Progress while sending: auto (a bar on a terminal), json (one JSON object per line on
+    /// standard error), none.
+    #[arg(long, value_name = "auto|json|none", default_value = "auto")]
+    pub progress: ProgressMode,
     /// Compress record payloads with zstd (format 4).
     #[arg(short = 'z', long)]
     pub compress: bool,
@@ -163,6 +175,17 @@ pub struct SyncArgs {
     /// Debug output.
     #[arg(short = 'd', long)]
     pub debug: bool,
+}
+
+/// How a send shows its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// A bar on a terminal, nothing otherwise.
+    Auto,
+    /// JSON lines on standard error (documented in the README).
+    Json,
+    /// Nothing.
+    None,
 }
 
 fn parse_format(s: &str) -> std::result::Result<Format, String> {
@@ -204,6 +227,9 @@ pub struct SendConfig {
     pub no_check: bool,
     /// Copy the whole snapshot (`--full`), not the changes since it.
     pub full: bool,
+    /// Print what would be sent, and send nothing.
+    pub dry_run: bool,
+    pub progress: ProgressMode,
     pub target: SendTarget,
     /// How the stream is written: format, compression, reads in flight.
     pub stream: SendOptions,
@@ -238,6 +264,8 @@ pub struct ChangesConfig {
     pub source: ChangeSourceSpec,
     /// Bounds the changes of an offline source (the origin's size).
     pub data_source: Option<PathBuf>,
+    /// One JSON object instead of lines.
+    pub json: bool,
 }
 
 impl Config {
@@ -251,6 +279,7 @@ impl Config {
                     target: SendTarget::Stdout,
                     ..
                 })
+                | Config::Send(SendConfig { dry_run: true, .. })
         )
     }
 }
@@ -310,6 +339,7 @@ impl Cli {
             return Ok(Config::Changes(ChangesConfig {
                 source,
                 data_source: c.source.data_source,
+                json: c.json,
             }));
         }
         let a = self.sync;
@@ -336,6 +366,14 @@ impl Cli {
             }
             if a.stdout {
                 return Err(usage("--apply and --stdout cannot be used together"));
+            }
+            if a.dry_run {
+                return Err(usage(
+                    "--dry-run is for sending; `lvmsync info FILE` describes a stream",
+                ));
+            }
+            if a.progress != ProgressMode::Auto {
+                return Err(usage("--progress is for sending"));
             }
             if a.source.offline()?.is_some() {
                 return Err(usage(
@@ -412,6 +450,9 @@ impl Cli {
                 "--resume finishes a --stdout dump of the changes since a snapshot, not of --full",
             ));
         }
+        if a.resume.is_some() && a.dry_run {
+            return Err(usage("--dry-run cannot be used with --resume"));
+        }
         if a.resume.is_some() && a.format == Format::V3 {
             return Err(usage(
                 "--resume needs format 4: a format 3 dump has no checksums to tell where it was cut",
@@ -429,6 +470,8 @@ impl Cli {
             base_source: a.source.base_source,
             no_check: a.no_check,
             full: a.full,
+            dry_run: a.dry_run,
+            progress: a.progress,
             target,
             stream: SendOptions {
                 format: a.format,

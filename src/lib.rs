@@ -9,9 +9,9 @@
 //! `main.rs` parses the command line ([`cli`]) into a validated [`cli::Config`]; [`commands`]
 //! carries it out, one module per command. Underneath: [`lvm`] (live discovery, and running
 //! LVM's and device-mapper's tools), [`blockdev`] (opening rules, sizes, aligned buffers),
-//! [`parallel`] (a pool of threads with many reads in flight), [`error`], [`exit`] (the exit
-//! statuses) and [`msg`]. [`inspect`] reads a stream through without applying it (`lvmsync
-//! info`).
+//! [`parallel`] (a pool of threads with many reads in flight), [`progress`] (a bar or JSON
+//! lines), [`error`], [`exit`] (the exit statuses) and [`msg`]. [`inspect`] reads a stream
+//! through without applying it (`lvmsync info`).
 
 pub mod apply;
 pub mod blockdev;
@@ -26,6 +26,7 @@ pub mod inspect;
 pub mod lvm;
 pub mod msg;
 pub mod parallel;
+pub mod progress;
 pub mod send;
 pub mod session;
 pub mod source;

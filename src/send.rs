@@ -65,7 +65,10 @@ impl Default for SendOptions {
 
 pub mod full;
 mod manifest;
+mod plan;
 pub mod resume;
+
+pub use plan::{plan, SendPlan};
 
 /// What a stream carries besides its changes, and the session it may be sent over.
 #[derive(Default)]
@@ -179,13 +182,8 @@ fn send_from<W: Write>(
     let mut writer = StreamWriter::new(out, &wopts)?;
     let v4 = opts.format == Format::V4;
     let prior = extras.prior.filter(|_| v4);
-    if let Some(mut id) = extras.identity.filter(|_| v4) {
-        if prior.is_some() {
-            let mut digest = ChangesDigest::new();
-            pieces.iter().for_each(|p| digest.push(p));
-            id.changes = Some(digest.hex());
-        }
-        writer.identity(&id)?;
+    if let Some(id) = extras.identity.filter(|_| v4) {
+        writer.identity(&identity_for(&id, pieces, prior.is_some()))?;
     }
     if let Some(prior) = prior {
         manifest::write_manifest(&mut writer, pieces, prior)?;
@@ -269,6 +267,18 @@ fn write_records<W: Write>(
         },
     )?;
     Ok(writer.finish()?)
+}
+
+/// The identity record of a stream of `pieces`: with a manifest, it names the change set
+/// (the digest of every piece's place and kind), so that a resumed apply can tell it is the same.
+fn identity_for(id: &StreamIdentity, pieces: &[Extent], manifest: bool) -> StreamIdentity {
+    let mut id = id.clone();
+    if manifest {
+        let mut digest = ChangesDigest::new();
+        pieces.iter().for_each(|p| digest.push(p));
+        id.changes = Some(digest.hex());
+    }
+    id
 }
 
 /// The next message of the session's back channel. Its end means the receiver stopped: the

@@ -87,9 +87,10 @@ pub const DESCRIPTION: Section = Section {
                  to DEST. Snapback files are applied the same way.",
             ),
             (
-                "lvmsync changes SNAPSHOT",
+                "lvmsync changes [--json] SNAPSHOT",
                 "List the changed byte ranges, one \"OFFSET LENGTH KIND\" line each, in decimal \
-                 bytes; KIND is data or zero.",
+                 bytes; KIND is data or zero. With --json, one JSON object with the volume and \
+                 chunk sizes, the totals and every range.",
             ),
             (
                 "lvmsync info FILE|- [--json]",
@@ -189,9 +190,16 @@ pub const GUARANTEES: Section = Section {
              anything is written.",
         ),
         Block::Text(
-            "A sync interrupted without --snapback (a crash, kill -9, a lost connection) leaves \
-             the destination partly updated. The snapshot still lists every change: run the \
-             same command again and it sends them all.",
+            "A format 4 stream opens with a manifest (unless --no-check, or nothing holds the \
+             snapshot's own contents: an inactive thin snapshot, or --thin-metadata without \
+             --base-source): every range it changes, with a digest of the snapshot's contents \
+             there. Before it writes anything, the receiver reads every one of those ranges of \
+             DEST: where DEST holds neither the snapshot's contents nor the new ones, it is not \
+             a copy of that snapshot or was changed since, and the whole apply is refused with \
+             one line naming the first byte that differs (--force applies anyway). Ranges that \
+             already hold the new contents are skipped, so a sync or an apply interrupted at any \
+             point (a crash, kill -9, a lost connection) is finished by running it again; a \
+             sync does not even send those ranges again.",
         ),
         Block::Text(
             "Snapbacks are write-ahead: the snapback file, its header and its directory entry \
@@ -281,8 +289,12 @@ pub const EXAMPLES: &[Example] = &[
         commands: &["lvmsync --format 3 /dev/vg/lv-snap B:/dev/vg/lv"],
     },
     Example {
-        what: "List what would be sent:",
-        commands: &["lvmsync changes /dev/vg/lv-snap"],
+        what: "List what would be sent, or see the whole sync's records and stream size without \
+               sending anything:",
+        commands: &[
+            "lvmsync changes /dev/vg/lv-snap",
+            "lvmsync --dry-run /dev/vg/lv-snap B:/dev/vg/lv",
+        ],
     },
     Example {
         what: "Check a dump, or a snapback, before applying it:",

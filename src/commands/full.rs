@@ -8,15 +8,19 @@ use std::time::{Duration, Instant};
 use indicatif::HumanBytes;
 
 use crate::blockdev::Device;
-use crate::cli::SendConfig;
+use crate::cli::{ProgressMode, SendConfig};
 use crate::error::{Error, Result};
 use crate::extent::ExtentKind;
 use crate::msg::Verbosity;
+use crate::progress::{self, Reporter};
+use crate::send;
 use crate::send::full::{send_full, FullCopy, FullReport};
 use crate::source::full::{resolve_full, FullSource};
-use crate::source::ChangeSourceSpec;
+use crate::source::{ChangeSet, ChangeSourceSpec};
 use crate::stream::Format;
 use crate::transport::{parse_destination, Address, Destination, SendTarget};
+
+use super::send::{print_dry_run, DoneLine, PlanLine};
 
 pub fn run(config: SendConfig) -> Result<()> {
     let SendConfig {
@@ -25,6 +29,8 @@ pub fn run(config: SendConfig) -> Result<()> {
         stream,
         receiver,
         verbosity,
+        dry_run,
+        progress: progress_mode,
         ..
     } = config;
     let ChangeSourceSpec::Snapshot(path) = source else {
@@ -51,12 +57,22 @@ pub fn run(config: SendConfig) -> Result<()> {
             check_local_dest(&dest, &source)?;
         }
     }
-    let bar = super::send::progress_bar(verbosity, source.volume_bytes);
-    let progress = |n: u64| {
-        if let Some(b) = &bar {
-            b.set_position(n)
-        }
+    // The ranges known before reading; all-zero pieces found while reading become zero
+    // ranges too, so the stream can only be smaller than planned.
+    let known = ChangeSet {
+        extents: source.extents.clone(),
+        chunk_bytes: source.chunk_bytes,
+        volume_bytes: source.volume_bytes,
     };
+    let plan = send::plan(&known, &stream, Some(&source.identity), false);
+    if progress_mode == ProgressMode::Json {
+        progress::event(&PlanLine::new(&plan, &stream, false, &known, dry_run));
+    }
+    if dry_run {
+        print_dry_run(&plan, &stream, false, &known, &target, verbosity)?;
+        return source.close();
+    }
+    let reporter = Reporter::new(progress_mode, verbosity, "copy", source.volume_bytes);
     let start = Instant::now();
     let destination = Destination::open(&target, &receiver, verbosity)?;
     let copy = FullCopy {
@@ -68,14 +84,16 @@ pub fn run(config: SendConfig) -> Result<()> {
     };
     // No manifest: the destination is whatever it is before a first copy.
     let report = destination.send(|out, _session| {
-        send_full(&copy, out, &stream, &progress).map(|(_, report)| report)
-    })?;
+        send_full(&copy, out, &stream, &|n| reporter.set(n)).map(|(_, report)| report)
+    });
     // Until the receiver has it all on disk.
     let elapsed = start.elapsed();
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    reporter.finish(report.as_ref().map_or(0, |_| source.volume_bytes));
+    let report = report?;
     source.recheck()?;
+    if progress_mode == ProgressMode::Json {
+        progress::event(&DoneLine::full(&report, elapsed, known.extents.len()));
+    }
     let volume_bytes = source.volume_bytes;
     source.close()?;
     if verbosity >= Verbosity::Normal {

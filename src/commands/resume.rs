@@ -6,6 +6,7 @@ use indicatif::HumanBytes;
 use crate::cli::ResumeConfig;
 use crate::error::{Error, Result};
 use crate::msg::Verbosity;
+use crate::progress::Reporter;
 use crate::send::resume::{resume_dump, ResumeReport};
 use crate::send::StreamExtras;
 use crate::source;
@@ -22,21 +23,27 @@ pub fn run(config: ResumeConfig) -> Result<()> {
         .data_source
         .as_deref()
         .ok_or_else(|| Error::Invalid("no data source".into()))?;
-    let bar = super::send::progress_bar(send.verbosity, changes.extents.total_bytes());
-    let progress = |n: u64| {
-        if let Some(b) = &bar {
-            b.set_position(n)
-        }
-    };
+    let reporter = Reporter::new(
+        send.progress,
+        send.verbosity,
+        "send",
+        changes.extents.total_bytes(),
+    );
     let extras = StreamExtras {
         identity: Some(resolved.identity.clone()),
         prior: resolved.prior.as_ref().filter(|_| !send.no_check),
         session: None,
     };
-    let report = resume_dump(&file, changes, data_path, &send.stream, &progress, extras)?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    let report = resume_dump(
+        &file,
+        changes,
+        data_path,
+        &send.stream,
+        &|n| reporter.set(n),
+        extras,
+    );
+    reporter.finish(report.as_ref().map_or(0, |_| changes.extents.total_bytes()));
+    let report = report?;
     // Overflowing now means the origin was written while we read it.
     resolved.recheck()?;
     if send.verbosity >= Verbosity::Normal {

@@ -25,7 +25,7 @@ use super::{open_data_source, write_records, Progress, SendOptions, StreamExtras
 use crate::error::{Error, IoContext, Result};
 use crate::extent::Extent;
 use crate::source::ChangeSet;
-use crate::stream::manifest::{ChangesDigest, StreamIdentity};
+use crate::stream::manifest::StreamIdentity;
 use crate::stream::{
     v4, Continuation, Format, Record, StreamError, StreamReader, StreamTotals, StreamWriter,
     WriterOptions,
@@ -54,17 +54,6 @@ fn refuse(path: &Path, why: impl std::fmt::Display) -> Error {
         "{}: {why}; the file is left as it was",
         path.display()
     ))
-}
-
-/// The identity a dump of `pieces` carries (as [`super::send_changes_with`] writes it).
-fn identity_of(extras: &StreamExtras<'_, '_>, pieces: &[Extent]) -> Option<StreamIdentity> {
-    let mut id = extras.identity.clone()?;
-    if extras.prior.is_some() {
-        let mut digest = ChangesDigest::new();
-        pieces.iter().for_each(|p| digest.push(p));
-        id.changes = Some(digest.hex());
-    }
-    Some(id)
 }
 
 /// Whether a kept identity is this run's: the same source and change set (when and by which
@@ -353,7 +342,10 @@ pub fn resume_dump(
         wopts.compress.is_some(),
         false,
     ));
-    let identity = identity_of(&extras, &pieces);
+    let identity = extras
+        .identity
+        .as_ref()
+        .map(|id| super::identity_for(id, &pieces, extras.prior.is_some()));
     let prior = extras.prior;
     let scan = scan(
         path,

@@ -38,6 +38,16 @@ pub enum Format {
     V4,
 }
 
+impl Format {
+    /// The format's number, as on the command line and in the first line.
+    pub fn number(self) -> u32 {
+        match self {
+            Format::V3 => 3,
+            Format::V4 => 4,
+        }
+    }
+}
+
 /// What a stream's header says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamInfo {

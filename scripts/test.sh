@@ -25,7 +25,8 @@ fi
 echo "== real-LVM scenarios in the VM"
 vm_pass=0 vm_fail=0
 if [[ -x scripts/vm-test.sh ]]; then
-  ./scripts/vm-test.sh 2>&1 | tee "$log"
+  # Two VMs at once: TCG runs one guest CPU per host thread, and the machine has two.
+  VMTEST_JOBS=${VMTEST_JOBS:-2} ./scripts/vm-test.sh 2>&1 | tee "$log"
   vm_rc=${PIPESTATUS[0]}
   read -r vm_pass vm_fail < <(sed -n 's/^\([0-9]\+\) passed, \([0-9]\+\) failed$/\1 \2/p' "$log" | tail -1)
   vm_pass=${vm_pass:-0} vm_fail=${vm_fail:-0}

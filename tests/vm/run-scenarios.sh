@@ -27,7 +27,7 @@
 #   VMTEST_OUT=DIR              results folder
 #   VMTEST_SCENARIO_DIR=DIR     where NAME.sh files are (default tests/vm/scenarios)
 #   VMTEST_SHOW=1               stream the scenarios' output to the terminal
-#   VMTEST_TIMEOUT=SECS         whole VM run (default 600)
+#   VMTEST_TIMEOUT=SECS         whole VM run (default 120 + 150 per scenario it runs)
 #   VMTEST_SCENARIO_TIMEOUT=SECS  one scenario (default 240)
 #   VMTEST_CMD_TIMEOUT=SECS     one command inside a scenario (default 120)
 #   VMTEST_JOBS=N               run N VMs at once, the scenarios split between them
@@ -41,7 +41,6 @@ CACHE=${VMTEST_CACHE:-$HERE/cache}
 OUT=${VMTEST_OUT:-$HERE/out/scenarios}
 SCEN_DIR=${VMTEST_SCENARIO_DIR:-$HERE/scenarios}
 ACCEL=${ACCEL:-auto}
-TIMEOUT=${VMTEST_TIMEOUT:-600}
 MEM=${VMTEST_MEM:-512}
 SMP=${VMTEST_SMP:-1}
 NSCRATCH=${VMTEST_NSCRATCH:-4}
@@ -66,6 +65,9 @@ for n in "${names[@]}"; do
   [[ -f $SCEN_DIR/$n.sh ]] || { log "no such scenario: $SCEN_DIR/$n.sh"; exit 2; }
 done
 names=("${names[@]%.sh}")
+# A bound for a VM that hangs, not for slow scenarios (each has its own): generous per scenario,
+# since a loaded machine runs TCG several times slower.
+TIMEOUT=${VMTEST_TIMEOUT:-$((120 + 150 * ${#names[@]}))}
 
 # ------------------------------------------------------------ image, binary
 IMG=$("$HERE/build-image.sh" | tail -1)

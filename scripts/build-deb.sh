@@ -1,0 +1,19 @@
+#!/bin/bash
+# Builds the Debian package of lvmsync and prints its path (target/debian/*.deb):
+# /usr/sbin/lvmsync, its man page and bash, zsh and fish completions (generated from the command
+# line's definition by examples/man_and_completions.rs into target/assets/), the README and the
+# copyright file. Metadata: [package.metadata.deb] in Cargo.toml. Installs cargo-deb when it is
+# missing. The package's dates are the last commit's (SOURCE_DATE_EPOCH), so that the same
+# commit gives the same package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$HOME/.cargo/bin:$PATH
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "build-deb: installing cargo-deb" >&2
+  cargo install cargo-deb --locked
+fi
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
+cargo run --release --locked --quiet --example man_and_completions -- \
+  target/assets "$(date -u -d "@$SOURCE_DATE_EPOCH" +%F)"
+# --strip: the release profile keeps line tables for backtraces; the package does not need them.
+cargo deb --locked --quiet --strip --output target/debian/

@@ -9,6 +9,8 @@ pkgs=(
   openssh-server openssh-client  # remote sync tests against a real sshd on loopback
   qemu-system-x86 busybox-static cpio binutils xz-utils  # the real-LVM test VM
   gcc pkg-config            # zstd-sys builds C
+  dpkg-dev man-db bash-completion file  # the Debian package: build (dpkg-shlibdeps), man page, completion
+  musl-tools                # musl-gcc: the static binary's C (zstd, blake3)
 )
 [[ ${1:-} == --bench ]] && pkgs+=(fio rsync hyperfine)
 need=()

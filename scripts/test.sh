@@ -1,6 +1,8 @@
 #!/bin/bash
 # Runs every lvmsync test: unit and integration tests (cargo test, as root: loop devices, sshd),
-# then the scenarios on real LVM inside the QEMU VM. Ends with one line "N passed, N failed".
+# lint, what lvmsync ships (scripts/package-test.sh: the Debian package, installed and removed
+# again, and the static binary), then the scenarios on real LVM inside the QEMU VM. Ends with
+# one line "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-host.sh || exit 1
@@ -22,6 +24,14 @@ else
   lint_fail=1
 fi
 
+echo "== packaging: the Debian package and the static binary"
+pkg_pass=0 pkg_fail=0
+./scripts/package-test.sh 2>&1 | tee "$log"
+pkg_rc=${PIPESTATUS[0]}
+read -r pkg_pass pkg_fail < <(sed -n 's/^\([0-9]\+\) passed, \([0-9]\+\) failed$/\1 \2/p' "$log" | tail -1)
+pkg_pass=${pkg_pass:-0} pkg_fail=${pkg_fail:-0}
+[[ $pkg_rc == 0 || $pkg_fail != 0 ]] || pkg_fail=1
+
 echo "== real-LVM scenarios in the VM"
 vm_pass=0 vm_fail=0
 if [[ -x scripts/vm-test.sh ]]; then
@@ -34,6 +44,6 @@ if [[ -x scripts/vm-test.sh ]]; then
 else
   echo "scripts/vm-test.sh missing"; vm_fail=1
 fi
-echo "cargo: $c_pass passed, $c_fail failed; lint: $lint_pass passed, $lint_fail failed; vm: $vm_pass passed, $vm_fail failed"
-echo "$((c_pass + lint_pass + vm_pass)) passed, $((c_fail + lint_fail + vm_fail)) failed"
-[[ $cargo_rc == 0 && $c_fail == 0 && $lint_fail == 0 && $vm_fail == 0 ]]
+echo "cargo: $c_pass passed, $c_fail failed; lint: $lint_pass passed, $lint_fail failed; packaging: $pkg_pass passed, $pkg_fail failed; vm: $vm_pass passed, $vm_fail failed"
+echo "$((c_pass + lint_pass + pkg_pass + vm_pass)) passed, $((c_fail + lint_fail + pkg_fail + vm_fail)) failed"
+[[ $cargo_rc == 0 && $c_fail == 0 && $lint_fail == 0 && $pkg_fail == 0 && $vm_fail == 0 ]]

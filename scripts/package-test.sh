@@ -1,0 +1,166 @@
+#!/bin/bash
+# Tests what lvmsync ships: the Debian package (scripts/build-deb.sh) is built, its contents
+# checked, installed on this machine with apt, used (the binary, `man`, the bash completion)
+# and removed again; the static binary (scripts/build-static.sh) is built, checked to be
+# static, and sends and applies a stream. Run as root (scripts/test.sh runs it). Ends with one
+# line "N passed, N failed"; exit status 0 only if every check passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$HOME/.cargo/bin:$PATH:/usr/sbin:/sbin
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+
+# check NAME COMMAND...: runs COMMAND (its output is shown) and counts it.
+check() {
+  local name=$1
+  shift
+  if "$@"; then
+    passed=$((passed + 1))
+    echo "ok: $name"
+  else
+    failed=$((failed + 1))
+    echo "FAILED: $name"
+  fi
+}
+
+# The classic snapshot fixture: an exception store, the origin before and after the writes.
+for f in snap-cow origin-before origin-after; do
+  gunzip -c "tests/fixtures/lvm-2.03.16/classic/$f.img.gz" > "$tmp/$f.img"
+done
+
+# round_trip SENDER RECEIVER: a compressed format 4 stream from SENDER through a pipe into
+# `RECEIVER --apply -`, as on a remote host, turns the origin as it was into the origin after.
+round_trip() {
+  cp "$tmp/origin-before.img" "$tmp/dest.img"
+  "$1" -q --stdout -z --cow "$tmp/snap-cow.img" --data-source "$tmp/origin-after.img" |
+    "$2" -q --apply - "$tmp/dest.img" &&
+    cmp "$tmp/dest.img" "$tmp/origin-after.img"
+}
+
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+
+echo "== Debian package"
+deb=
+build_deb() {
+  deb=$(./scripts/build-deb.sh) && [[ -f $deb ]] && echo "$deb"
+}
+check "scripts/build-deb.sh builds the package" build_deb
+
+contents() {
+  [[ -f $deb ]] || return 1
+  dpkg-deb -c "$deb" > "$tmp/contents" || return 1
+  local want=(
+    "-rwxr-xr-x ./usr/sbin/lvmsync"
+    "-rw-r--r-- ./usr/share/man/man8/lvmsync.8.gz"
+    "-rw-r--r-- ./usr/share/bash-completion/completions/lvmsync"
+    "-rw-r--r-- ./usr/share/zsh/vendor-completions/_lvmsync"
+    "-rw-r--r-- ./usr/share/fish/vendor_completions.d/lvmsync.fish"
+    "-rw-r--r-- ./usr/share/doc/lvmsync/README.md"
+    "-rw-r--r-- ./usr/share/doc/lvmsync/copyright"
+    "-rw-r--r-- ./usr/share/doc/lvmsync/changelog.Debian.gz"
+  )
+  local ok=0 entry
+  for entry in "${want[@]}"; do
+    if ! awk -v mode="${entry% *}" -v path="${entry#* }" \
+      '$1 == mode && $6 == path { found = 1 } END { exit !found }' "$tmp/contents"; then
+      echo "missing from the package: $entry"
+      ok=1
+    fi
+  done
+  return $ok
+}
+check "the package holds the binary, man page, completions and docs" contents
+
+control() {
+  [[ -f $deb ]] || return 1
+  local field
+  for field in Package:lvmsync "Version:$version-1" Section:admin; do
+    [[ $(dpkg-deb -f "$deb" "${field%%:*}") == "${field#*:}" ]] || { echo "want $field"; return 1; }
+  done
+  [[ $(dpkg-parsechangelog -l packaging/debian/changelog -S Version) == "$version-1" ]] ||
+    { echo "packaging/debian/changelog does not start with version $version-1"; return 1; }
+  dpkg-deb -f "$deb" Depends | grep -q '^libc6' &&
+    dpkg-deb -f "$deb" Recommends | grep -qw lvm2
+}
+check "the package's control fields and changelog match Cargo.toml" control
+
+# Installed on this machine and removed at the end; a lock keeps two test runs apart.
+exec 9> /run/lock/lvmsync-package-test
+flock 9
+was_installed=$(dpkg-query -W -f='${Status}' lvmsync 2>/dev/null | grep -c 'install ok installed')
+install_deb() {
+  [[ -f $deb ]] || return 1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    -o DPkg::Lock::Timeout=300 "$(realpath "$deb")" > "$tmp/apt.log" 2>&1 ||
+    { cat "$tmp/apt.log"; return 1; }
+  [[ $(dpkg-query -W -f='${Version}' lvmsync) == "$version-1" ]]
+}
+check "apt installs the package" install_deb
+
+installed_runs() {
+  [[ $(/usr/sbin/lvmsync --version) == "lvmsync $version" ]] &&
+    round_trip /usr/sbin/lvmsync /usr/sbin/lvmsync
+}
+check "the installed lvmsync runs, sends and applies" installed_runs
+
+man_page() {
+  [[ $(man -w lvmsync) == /usr/share/man/man8/lvmsync.8.gz ]] || return 1
+  MANWIDTH=80 man -l --warnings /usr/share/man/man8/lvmsync.8.gz > "$tmp/man.txt" 2> "$tmp/man.err" ||
+    { cat "$tmp/man.err"; return 1; }
+  [[ ! -s $tmp/man.err ]] || { echo "man warns:"; cat "$tmp/man.err"; return 1; }
+  local section
+  for section in SYNOPSIS WORKFLOW OPTIONS "EXIT STATUS" GUARANTEES EXAMPLES; do
+    grep -qx "$section" "$tmp/man.txt" || { echo "man page lacks $section"; return 1; }
+  done
+}
+check "man renders the installed man page without warnings" man_page
+
+bash_completion() {
+  # The completion is loaded and completes an option.
+  bash -c 'source /usr/share/bash-completion/completions/lvmsync &&
+    complete -p lvmsync | grep -q -- "-F _lvmsync" &&
+    COMP_WORDS=(lvmsync --snap) COMP_CWORD=1 COMP_LINE="lvmsync --snap" COMP_POINT=14 &&
+    _lvmsync lvmsync --snap lvmsync && [[ ${COMPREPLY[*]} == --snapback ]]'
+}
+check "the bash completion loads and completes" bash_completion
+
+remove_deb() {
+  if ((was_installed)); then
+    echo "lvmsync was installed before this test: left installed"
+    return 0
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get remove -y -q -o DPkg::Lock::Timeout=300 lvmsync \
+    > "$tmp/apt.log" 2>&1 || { cat "$tmp/apt.log"; return 1; }
+  [[ ! -e /usr/sbin/lvmsync && ! -e /usr/share/man/man8/lvmsync.8.gz ]]
+}
+check "apt removes the package" remove_deb
+flock -u 9
+
+echo "== static binary"
+static=
+build_static() {
+  static=$(./scripts/build-static.sh) && [[ -x $static ]] && echo "$static"
+}
+check "scripts/build-static.sh builds a binary" build_static
+
+is_static() {
+  [[ -x $static ]] || return 1
+  file -b "$static"
+  file -b "$static" | grep -q 'static' || return 1
+  # ldd: "not a dynamic executable", or "statically linked" for a static PIE.
+  ldd "$static" 2>&1 | grep -qE 'not a dynamic executable|statically linked' ||
+    { ldd "$static"; return 1; }
+}
+check "the static binary needs no shared library" is_static
+
+static_runs() {
+  [[ -x $static ]] || return 1
+  [[ $("$static" --version) == "lvmsync $version" ]] &&
+    round_trip target/release/lvmsync "$static" &&
+    round_trip "$static" target/release/lvmsync
+}
+check "the static binary runs, applies and sends a compressed stream" static_runs
+
+echo "$passed passed, $failed failed"
+((failed == 0))

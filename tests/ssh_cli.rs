@@ -266,3 +266,270 @@ fn connection_killed_mid_stream() {
     );
     assert!(std::fs::read(&dest).unwrap().iter().all(|&b| b == 0));
 }
+
+/// Writes an executable shell script.
+fn script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A receiver that knows no sessions, in `dir`: it records its arguments in `dir/args`; given an
+/// option it does not know, it prints `refusal` and exits with `status`, as an old lvmsync
+/// does; otherwise it reads the stream into `dir/received`. Before exiting on a refusal it
+/// closes its output (ssh then tells the sender so) and reads whatever the sender still writes
+/// into `dir/received`, which an old lvmsync would not, so that a sender that started the
+/// stream before it heard from the receiver is caught.
+fn sessionless_receiver(dir: &Path, refusal: &str, status: u8) -> PathBuf {
+    let path = dir.join("old-lvmsync");
+    let d = shlex::try_quote(dir.to_str().unwrap())
+        .unwrap()
+        .into_owned();
+    script(
+        &path,
+        &format!(
+            r#"printf '%s\n' "$@" > {d}/args
+while [ $# -gt 0 ]; do
+  case $1 in
+    -a|--apply|-b|--snapback|-r|--data-source|-e|--rsh) shift 2 ;;
+    -v|--verbose|-d|--debug|-q|--quiet|-s|--stdout|--server) shift ;;
+    -*) cat >&2 <<'MSG'
+{refusal}
+MSG
+        exec >&- 2>&-
+        cat > {d}/received
+        exit {status} ;;
+    *) shift ;;
+  esac
+done
+exec cat > {d}/received"#
+        ),
+    );
+    path
+}
+
+/// What Ruby lvmsync 3.x prints when OptionParser meets an option it does not know.
+const RUBY_REFUSAL: &str =
+    "/usr/bin/lvmsync:85:in `main': invalid option: --session (OptionParser::InvalidOption)
+\tfrom /usr/bin/lvmsync:388:in `<main>'";
+
+/// What an lvmsync built before sessions prints (clap) when given `--session`.
+const CLAP_REFUSAL: &str = "error: unexpected argument '--session' found
+
+  tip: to pass '--session' as a value, use '-- --session'
+
+Usage: lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
+
+For more information, try '--help'.";
+
+/// Applies a format 3 stream the way Ruby lvmsync 3.x does (`process_dumpdata`): the handshake
+/// line, then records of a big-endian u64 byte offset, a big-endian u32 length and the data.
+fn apply_like_ruby(stream: &[u8], dest: &Path) {
+    let body = stream
+        .strip_prefix(b"lvmsync PROTO[3]\n")
+        .expect("format 3 handshake");
+    let mut image = std::fs::read(dest).unwrap();
+    let mut at = 0;
+    while at < body.len() {
+        let offset = u64::from_be_bytes(body[at..at + 8].try_into().unwrap()) as usize;
+        let len = u32::from_be_bytes(body[at + 8..at + 12].try_into().unwrap()) as usize;
+        image[offset..offset + len].copy_from_slice(&body[at + 12..at + 12 + len]);
+        at += 12 + len;
+    }
+    std::fs::write(dest, image).unwrap();
+}
+
+/// A format 4 sync needs a receiver that holds a session; one that knows none (Ruby lvmsync,
+/// an lvmsync built before sessions) refuses `--session`. The sender says so in one line and
+/// exits 1, having sent nothing: the destination is untouched.
+#[test]
+fn format4_to_a_sessionless_receiver_is_refused_before_the_stream() {
+    let sshd = Sshd::start();
+    let images = Images::new();
+    for (what, refusal, status) in [("ruby", RUBY_REFUSAL, 1), ("clap", CLAP_REFUSAL, 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let receiver = sessionless_receiver(dir.path(), refusal, status);
+        let dest = images.destination(&format!("dest-{what}.img"));
+        let out = Command::new(LVMSYNC)
+            .args(["-e", &sshd.rsh(), "--remote-path"])
+            .arg(&receiver)
+            .arg("--cow")
+            .arg(&images.cow)
+            .arg("--data-source")
+            .arg(&images.after)
+            .arg(format!("127.0.0.1:{}", dest.display()))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+        assert!(args.lines().any(|a| a == "--session"), "{what}: {args}");
+        let ours: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.starts_with("remote: "))
+            .collect();
+        assert_eq!(ours.len(), 1, "{what}: not one line of its own: {stderr}");
+        let line = ours[0];
+        assert!(line.starts_with("lvmsync: "), "{what}: {line}");
+        for needle in ["session", "--format 3", &format!("exit status {status}")] {
+            assert!(line.contains(needle), "{what}: no {needle:?} in {line}");
+        }
+        assert!(
+            stderr.contains(&format!("remote: {}", refusal.lines().next().unwrap())),
+            "{what}: the receiver's own words are not relayed: {stderr}"
+        );
+        let received = std::fs::read(dir.path().join("received")).unwrap();
+        assert!(
+            received.is_empty(),
+            "{what}: the sender wrote {} bytes before the receiver's hello",
+            received.len()
+        );
+        assert!(
+            common::same(&dest, &images.before),
+            "{what}: destination written"
+        );
+    }
+}
+
+/// With --format 3 the receiver is started as Ruby lvmsync 3.x started it, with only options
+/// Ruby lvmsync knows, and gets a stream that Ruby lvmsync applies.
+#[test]
+fn format3_reaches_a_ruby_receiver() {
+    let sshd = Sshd::start();
+    let images = Images::new();
+    for flags in [&[][..], &["-v"], &["-q"], &["-d"]] {
+        let dir = tempfile::tempdir().unwrap();
+        let receiver = sessionless_receiver(dir.path(), RUBY_REFUSAL, 1);
+        let dest = images.destination("dest.img");
+        let out = Command::new(LVMSYNC)
+            .args(["-e", &sshd.rsh(), "--remote-path"])
+            .arg(&receiver)
+            .args(["--format", "3"])
+            .args(flags)
+            .arg("--cow")
+            .arg(&images.cow)
+            .arg("--data-source")
+            .arg(&images.after)
+            .arg(format!("127.0.0.1:{}", dest.display()))
+            .output()
+            .unwrap();
+        assert_success(&out);
+        let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+        let args: Vec<&str> = args.lines().collect();
+        assert_eq!(args[..2], ["--apply", "-"], "{flags:?}");
+        assert_eq!(args.last(), Some(&dest.to_str().unwrap()), "{flags:?}");
+        assert!(!args.contains(&"--session"), "{flags:?}: {args:?}");
+        let received = std::fs::read(dir.path().join("received")).unwrap();
+        apply_like_ruby(&received, &dest);
+        assert!(
+            common::same(&dest, &images.after),
+            "{flags:?}: destination differs from the origin"
+        );
+    }
+}
+
+/// Ruby lvmsync 3.x's sender runs `RSH HOST lvmsync --apply - [-v] [-d] DEST` and writes its
+/// format 3 stream: lvmsync applies it and, holding no session, writes nothing to its standard
+/// output (which the Ruby sender relays as the receiver's messages).
+#[test]
+fn a_ruby_sender_reaches_lvmsync() {
+    let sshd = Sshd::start();
+    let images = Images::new();
+    // The stream as Ruby's dump_changes writes it: one record per changed range.
+    let changes = Command::new(LVMSYNC)
+        .args(["changes", "--cow"])
+        .arg(&images.cow)
+        .output()
+        .unwrap();
+    assert_success(&changes);
+    let after = std::fs::read(&images.after).unwrap();
+    let mut stream = b"lvmsync PROTO[3]\n".to_vec();
+    for line in String::from_utf8(changes.stdout).unwrap().lines() {
+        let mut words = line.split(' ');
+        let offset: u64 = words.next().unwrap().parse().unwrap();
+        let len: u32 = words.next().unwrap().parse().unwrap();
+        stream.extend_from_slice(&offset.to_be_bytes());
+        stream.extend_from_slice(&len.to_be_bytes());
+        stream.extend_from_slice(&after[offset as usize..][..len as usize]);
+    }
+    for flags in ["", "-v -d"] {
+        let dest = images.destination("dest.img");
+        let rsh: Vec<String> = shlex::split(&sshd.rsh()).unwrap();
+        let mut ssh = Command::new(&rsh[0]);
+        ssh.args(&rsh[1..]).arg("127.0.0.1").arg(format!(
+            "{LVMSYNC} --apply - {flags} {}",
+            shlex::try_quote(dest.to_str().unwrap()).unwrap()
+        ));
+        let mut child = ssh
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&stream).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_success(&out);
+        assert!(
+            out.stdout.is_empty(),
+            "{flags:?}: the receiver wrote to its standard output: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            common::same(&dest, &images.after),
+            "{flags:?}: destination differs from the origin"
+        );
+    }
+}
+
+/// A receiver whose hello speaks another session protocol (another lvmsync version) is named
+/// with its version, and stopped: the sender exits 1 and the destination is untouched.
+#[test]
+fn a_receiver_of_another_session_protocol_is_refused() {
+    use lvmsync::session::{Hello, Message};
+    let sshd = Sshd::start();
+    let images = Images::new();
+    let dir = tempfile::tempdir().unwrap();
+    let hello = dir.path().join("hello");
+    let mut frame = Vec::new();
+    Message::Hello(Hello {
+        lvmsync: "9.9.9".into(),
+        protocol: 99,
+        formats: vec![3, 4, 5],
+    })
+    .write_to(&mut frame)
+    .unwrap();
+    std::fs::write(&hello, frame).unwrap();
+    // Then it reads the stream, which ends without a record: it fails, as lvmsync would.
+    let receiver = dir.path().join("new-lvmsync");
+    let q = |p: &Path| shlex::try_quote(p.to_str().unwrap()).unwrap().into_owned();
+    script(
+        &receiver,
+        &format!(
+            "cat {}\ncat > /dev/null\necho 'lvmsync: the stream ended before its header' >&2\nexit 1",
+            q(&hello)
+        ),
+    );
+    let dest = images.destination("dest.img");
+    let out = Command::new(LVMSYNC)
+        .args(["-e", &sshd.rsh(), "--remote-path"])
+        .arg(&receiver)
+        .arg("--cow")
+        .arg(&images.cow)
+        .arg("--data-source")
+        .arg(&images.after)
+        .arg(format!("127.0.0.1:{}", dest.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("remote: "))
+        .collect();
+    assert_eq!(ours.len(), 1, "not one line of its own: {stderr}");
+    for needle in ["lvmsync 9.9.9", "protocol 99"] {
+        assert!(ours[0].contains(needle), "no {needle:?} in {}", ours[0]);
+    }
+    assert!(common::same(&dest, &images.before), "destination written");
+}

@@ -164,6 +164,15 @@ impl RemoteApply {
 
     /// Closes the stream, waits for the remote shell and its output, and reports its status.
     pub fn finish(mut self) -> Result<(), Error> {
+        let status = self.wait()?;
+        match failure(&self.host, status) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Closes the stream, waits for the remote shell and its output, and returns its status.
+    fn wait(&mut self) -> Result<ExitStatus, Error> {
         self.finished = true;
         drop(self.stdin.take());
         drop(self.back.take());
@@ -180,7 +189,7 @@ impl RemoteApply {
                 break;
             }
         }
-        check_status(&self.host, status)
+        Ok(status)
     }
 
     /// Sends a stream: `write` writes it whole into the remote's input, reading the session's
@@ -193,15 +202,24 @@ impl RemoteApply {
         let host = self.host.clone();
         let mut back = self.back.take();
         if let Some(b) = back.as_mut() {
-            if let Err(e) = super::expect_hello(b, &format!("the receiver on {host}")) {
-                drop(back);
-                // No hello: the remote lvmsync failed to start, or does not know sessions.
-                self.finish().map_err(|status| {
-                    Error::Invalid(format!(
-                        "{status}; it did not start a session (an lvmsync older than 4.1 does not know them: install this version there, or send --format 3)"
-                    ))
-                })?;
-                return Err(e);
+            match super::expect_hello(b, &format!("the receiver on {host}")) {
+                Ok(()) => {}
+                // A hello this lvmsync cannot work with: dropping `self` stops the receiver.
+                Err(e @ Error::Invalid(_)) => return Err(e),
+                // No hello at all: the remote shell or the receiver failed to start, or the
+                // receiver knows no sessions and refused `--session`.
+                Err(e) => {
+                    drop(back);
+                    let status = self.wait()?;
+                    return Err(match status.code() {
+                        Some(127 | 255) => failure(&host, status).unwrap_or(e),
+                        _ => Error::Invalid(format!(
+                            "the receiver on {host} did not start a session ({}): a format 4 sync needs lvmsync {} there, not Ruby lvmsync or an lvmsync without sessions; install it there, or send --format 3",
+                            reason(status),
+                            env!("CARGO_PKG_VERSION")
+                        )),
+                    });
+                }
             }
         }
         let context = format!("stream to {host}: cannot write");
@@ -253,27 +271,33 @@ impl Drop for RemoteApply {
     }
 }
 
-fn check_status(host: &str, status: ExitStatus) -> Result<(), Error> {
-    use std::os::unix::process::ExitStatusExt;
+/// The error a remote shell's exit status means, if any.
+fn failure(host: &str, status: ExitStatus) -> Option<Error> {
     if status.success() {
-        return Ok(());
+        return None;
     }
-    let why = match (status.code(), status.signal()) {
-        (Some(127), _) => {
-            "exit status 127: command not found; check --remote-path and the remote PATH"
-                .to_string()
-        }
-        (Some(2), _) => "exit status 2: the remote lvmsync refused its command line; \
-                          check --remote-path and the remote lvmsync's version"
+    let why = match status.code() {
+        Some(127) => "exit status 127: command not found; check --remote-path and the remote PATH"
             .to_string(),
-        (Some(255), _) => "exit status 255: the remote shell reported an error".to_string(),
+        Some(2) => "exit status 2: the remote lvmsync refused its command line; \
+                    check --remote-path and the remote lvmsync's version"
+            .to_string(),
+        Some(255) => "exit status 255: the remote shell reported an error".to_string(),
+        _ => reason(status),
+    };
+    Some(Error::Invalid(format!(
+        "remote apply on {host} failed ({why})"
+    )))
+}
+
+/// "exit status N" or "killed by signal N".
+fn reason(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit status {code}"),
         (None, Some(sig)) => format!("killed by signal {sig}"),
         (None, None) => "unknown status".to_string(),
-    };
-    Err(Error::Invalid(format!(
-        "remote apply on {host} failed ({why})"
-    )))
+    }
 }
 
 /// Copies `pipe` to our stderr line by line with a `remote: ` prefix, then reports EOF on `done`.

@@ -102,10 +102,25 @@ fn commands(roff: &mut Roff, lines: &[&str]) {
     roff.control("RE", []);
 }
 
+/// The command line as completions offer it: without its hidden options, which clap_complete
+/// would offer like the others.
+fn visible_command() -> clap::Command {
+    let full = Cli::command();
+    let mut cmd = clap::Command::new("lvmsync")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args_conflicts_with_subcommands(full.is_args_conflicts_with_subcommands_set())
+        .args(full.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+        .subcommands(full.get_subcommands().cloned());
+    if let Some(about) = full.get_about() {
+        cmd = cmd.about(about.clone());
+    }
+    cmd
+}
+
 /// The completion script for `shell`, and its file name.
 fn completion(shell: Shell) -> (String, Vec<u8>) {
     use clap_complete::Generator;
-    let mut cmd = Cli::command();
+    let mut cmd = visible_command();
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, "lvmsync", &mut script);
     (shell.file_name("lvmsync"), script)
@@ -229,12 +244,29 @@ mod tests {
     }
 
     #[test]
-    fn completions_offer_the_options_and_the_changes_command() {
+    fn completions_offer_every_visible_option_and_command_and_no_hidden_one() {
+        let cmd = Cli::command();
+        let args = cmd
+            .get_arguments()
+            .chain(cmd.get_subcommands().flat_map(|c| c.get_arguments()));
+        let (visible, hidden): (Vec<_>, Vec<_>) = args
+            .filter_map(|a| Some((a.get_long()?, a.is_hide_set())))
+            .partition(|(_, hide)| !hide);
+        assert!(!hidden.is_empty());
+        let commands: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+        assert!(commands.contains(&"changes"));
         for shell in SHELLS {
             let (name, script) = completion(shell);
             let script = String::from_utf8(script).unwrap();
-            for word in ["snapback", "thin-metadata", "changes"] {
+            for word in visible
+                .iter()
+                .map(|(long, _)| *long)
+                .chain(commands.clone())
+            {
                 assert!(script.contains(word), "{name} lacks {word}");
+            }
+            for (long, _) in &hidden {
+                assert!(!script.contains(long), "{name} offers the hidden --{long}");
             }
         }
         assert_eq!(completion(Shell::Bash).0, "lvmsync.bash");

@@ -2,16 +2,14 @@
 # Builds the Debian package of lvmsync and prints its path (target/debian/*.deb):
 # /usr/sbin/lvmsync, its man page and bash, zsh and fish completions (generated from the command
 # line's definition by examples/man_and_completions.rs into target/assets/), the README and the
-# copyright file. Metadata: [package.metadata.deb] in Cargo.toml. Installs cargo-deb when it is
-# missing. The package's dates are the last commit's (SOURCE_DATE_EPOCH), so that the same
-# commit gives the same package.
+# copyright file. Metadata: [package.metadata.deb] in Cargo.toml; cargo-deb (pinned) is
+# installed by scripts/setup-host.sh. The package's dates are the last commit's
+# (SOURCE_DATE_EPOCH), so that the same commit gives the same package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$HOME/.cargo/bin:$PATH
-if ! cargo deb --version >/dev/null 2>&1; then
-  echo "build-deb: installing cargo-deb" >&2
-  cargo install cargo-deb --locked
-fi
+cargo deb --version >/dev/null 2>&1 ||
+  { echo "build-deb: cargo-deb missing: scripts/setup-host.sh installs it" >&2; exit 1; }
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 cargo run --release --locked --quiet --example man_and_completions -- \
   target/assets "$(date -u -d "@$SOURCE_DATE_EPOCH" +%F)"

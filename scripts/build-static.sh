@@ -7,10 +7,10 @@
 #                                     target/x86_64-unknown-linux-gnu/release/lvmsync
 #
 # musl is the default: its libc is made to be linked statically. It needs the Rust target
-# (rustup target add, done here) and musl-gcc (Debian's musl-tools, from scripts/setup-host.sh)
-# for the C in zstd and blake3. Where the musl target cannot be installed, the glibc build is
-# made instead (lvmsync calls none of the glibc functions that need shared libraries at run
-# time: no name service lookups).
+# x86_64-unknown-linux-musl and musl-gcc (Debian's musl-tools) for the C in zstd and blake3;
+# scripts/setup-host.sh installs both, and the target is added here when missing. The glibc
+# build is for hosts without rustup (lvmsync calls none of the glibc functions that need shared
+# libraries at run time: no name service lookups).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$HOME/.cargo/bin:$PATH
@@ -22,13 +22,13 @@ case ${1:-} in
 esac
 if [[ $libc == musl ]] && ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
   echo "build-static: adding the Rust target x86_64-unknown-linux-musl" >&2
-  if ! rustup target add x86_64-unknown-linux-musl >&2; then
-    echo "build-static: the musl target cannot be installed; building against glibc instead" >&2
-    libc=glibc
-  fi
+  rustup target add x86_64-unknown-linux-musl >&2 || {
+    echo "build-static: the Rust target x86_64-unknown-linux-musl cannot be added (rustup target add); $0 --glibc links glibc statically instead" >&2
+    exit 1
+  }
 fi
 if [[ $libc == musl ]]; then
-  command -v musl-gcc >/dev/null || { echo "build-static: musl-gcc missing: apt-get install musl-tools" >&2; exit 1; }
+  command -v musl-gcc >/dev/null || { echo "build-static: musl-gcc missing: apt-get install musl-tools (scripts/setup-host.sh)" >&2; exit 1; }
   target=x86_64-unknown-linux-musl
 else
   target=x86_64-unknown-linux-gnu

@@ -1,14 +1,24 @@
 #!/bin/bash
 # Tests what lvmsync ships: the Debian package (scripts/build-deb.sh) is built, its contents
 # checked, installed on this machine with apt, used (the binary, `man`, the bash completion)
-# and removed again; the static binary (scripts/build-static.sh) is built, checked to be
+# and purged again; the static binary (scripts/build-static.sh) is built, checked to be
 # static, and sends and applies a stream. Run as root (scripts/test.sh runs it). Ends with one
 # line "N passed, N failed"; exit status 0 only if every check passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$HOME/.cargo/bin:$PATH:/usr/sbin:/sbin
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+# Set once this test installed the package: whatever happens after, it is purged on exit.
+installed_here=
+# dpkg's state of lvmsync: installed, config-files, ...; nothing when dpkg does not know it.
+dpkg_state() { dpkg-query -W -f='${db:Status-Status}' lvmsync 2>/dev/null | grep -v '^not-installed$'; }
+cleanup() {
+  if [[ -n $installed_here && -n $(dpkg_state) ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -q -o DPkg::Lock::Timeout=300 lvmsync > /dev/null 2>&1
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
 passed=0 failed=0
 
 # check NAME COMMAND...: runs COMMAND (its output is shown) and counts it.
@@ -88,9 +98,11 @@ check "the package's control fields and changelog match Cargo.toml" control
 # Installed on this machine and removed at the end; a lock keeps two test runs apart.
 exec 9> /run/lock/lvmsync-package-test
 flock 9
-was_installed=$(dpkg-query -W -f='${Status}' lvmsync 2>/dev/null | grep -c 'install ok installed')
+was_installed=0
+[[ -z $(dpkg_state) ]] || was_installed=1
 install_deb() {
   [[ -f $deb ]] || return 1
+  ((was_installed)) || installed_here=1
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     -o DPkg::Lock::Timeout=300 "$(realpath "$deb")" > "$tmp/apt.log" 2>&1 ||
     { cat "$tmp/apt.log"; return 1; }
@@ -117,11 +129,17 @@ man_page() {
 check "man renders the installed man page without warnings" man_page
 
 bash_completion() {
-  # The completion is loaded and completes an option.
+  # The completion is loaded, completes options, and offers none of the hidden ones (--server,
+  # --session).
   bash -c 'source /usr/share/bash-completion/completions/lvmsync &&
-    complete -p lvmsync | grep -q -- "-F _lvmsync" &&
-    COMP_WORDS=(lvmsync --snap) COMP_CWORD=1 COMP_LINE="lvmsync --snap" COMP_POINT=14 &&
-    _lvmsync lvmsync --snap lvmsync && [[ ${COMPREPLY[*]} == --snapback ]]'
+    complete -p lvmsync | grep -q -- "-F _lvmsync" || exit 1
+    offers() {
+      COMP_WORDS=(lvmsync "$1") COMP_CWORD=1 COMP_LINE="lvmsync $1" COMP_POINT=$((8 + ${#1}))
+      COMPREPLY=()
+      _lvmsync lvmsync "$1" lvmsync
+      [[ ${COMPREPLY[*]} == "$2" ]] || { echo "completing $1 offers \"${COMPREPLY[*]}\""; return 1; }
+    }
+    offers --snap --snapback && offers --no-ch --no-check && offers --se ""'
 }
 check "the bash completion loads and completes" bash_completion
 
@@ -130,11 +148,18 @@ remove_deb() {
     echo "lvmsync was installed before this test: left installed"
     return 0
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get remove -y -q -o DPkg::Lock::Timeout=300 lvmsync \
+  DEBIAN_FRONTEND=noninteractive apt-get purge -y -q -o DPkg::Lock::Timeout=300 lvmsync \
     > "$tmp/apt.log" 2>&1 || { cat "$tmp/apt.log"; return 1; }
-  [[ ! -e /usr/sbin/lvmsync && ! -e /usr/share/man/man8/lvmsync.8.gz ]]
+  # Nothing left: no dpkg record (not even "config-files"), no file.
+  [[ -z $(dpkg_state) ]] || { echo "dpkg still knows lvmsync: $(dpkg_state)"; return 1; }
+  local f
+  for f in /usr/sbin/lvmsync /usr/share/man/man8/lvmsync.8.gz \
+    /usr/share/bash-completion/completions/lvmsync /usr/share/zsh/vendor-completions/_lvmsync \
+    /usr/share/fish/vendor_completions.d/lvmsync.fish /usr/share/doc/lvmsync; do
+    [[ ! -e $f ]] || { echo "left behind: $f"; return 1; }
+  done
 }
-check "apt removes the package" remove_deb
+check "apt purges the package and leaves nothing behind" remove_deb
 flock -u 9
 
 echo "== static binary"

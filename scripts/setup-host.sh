@@ -30,3 +30,19 @@ command -v cargo >/dev/null || {
   echo "setup-host: cargo not found: install a Rust toolchain (1.88 or newer, with clippy and rustfmt, e.g. with rustup)" >&2
   exit 1
 }
+# The static binary (scripts/build-static.sh) is built for musl.
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+  command -v rustup >/dev/null || {
+    echo "setup-host: rustup not found: it adds the Rust target x86_64-unknown-linux-musl for the static binary" >&2
+    exit 1
+  }
+  echo "setup-host: adding the Rust target x86_64-unknown-linux-musl" >&2
+  rustup target add x86_64-unknown-linux-musl >&2
+fi
+# The Debian package (scripts/build-deb.sh) is built by cargo-deb: this version, with the
+# dependency versions of its own Cargo.lock.
+cargo_deb=3.8.0
+if [[ $(cargo deb --version 2>/dev/null) != "cargo-deb $cargo_deb" ]]; then
+  echo "setup-host: installing cargo-deb $cargo_deb" >&2
+  cargo install --quiet --locked cargo-deb --version "=$cargo_deb"
+fi

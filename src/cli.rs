@@ -22,8 +22,8 @@ const USAGE: &str = "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
        lvmsync [OPTIONS] --apply FILE|- DEST
        lvmsync changes SNAPSHOT
        lvmsync info FILE|- [--json]
-       (--cow FILE, or --thin-metadata FILE --thin-ids SNAP:ORIGIN, with --data-source ORIGIN,
-        stand in for SNAPSHOT)";
+       (--cow FILE, or --thin-metadata FILE --thin-ids SNAP:ORIGIN,
+        with --data-source ORIGIN, stand in for SNAPSHOT)";
 
 #[derive(Debug, Parser)]
 #[command(

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::apply::ApplyOptions;
 use crate::error::{Error, Result};
 use crate::msg::Verbosity;
+pub use crate::progress::ProgressMode;
 use crate::send::SendOptions;
 use crate::source::ChangeSourceSpec;
 use crate::stream::Format;
@@ -175,17 +176,6 @@ pub struct SyncArgs {
     /// Debug output.
     #[arg(short = 'd', long)]
     pub debug: bool,
-}
-
-/// How a send shows its progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProgressMode {
-    /// A bar on a terminal, nothing otherwise.
-    Auto,
-    /// JSON lines on standard error (documented in the README).
-    Json,
-    /// Nothing.
-    None,
 }
 
 fn parse_format(s: &str) -> std::result::Result<Format, String> {

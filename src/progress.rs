@@ -9,8 +9,18 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::cli::ProgressMode;
 use crate::msg::Verbosity;
+
+/// How a send shows its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// A bar on a terminal, nothing otherwise.
+    Auto,
+    /// JSON lines on standard error (documented in the README).
+    Json,
+    /// Nothing.
+    None,
+}
 
 /// Least time between two `progress` lines.
 const JSON_INTERVAL: Duration = Duration::from_millis(250);

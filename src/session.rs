@@ -165,35 +165,58 @@ impl Message {
     /// Writes the message as one frame and flushes.
     pub fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
         let (kind, payload) = self.encode();
-        let mut frame = Vec::with_capacity(payload.len() + 9);
-        frame.push(kind);
-        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&payload);
-        let crc = crc32c::crc32c(&frame);
-        frame.extend_from_slice(&crc.to_be_bytes());
-        w.write_all(&frame)?;
-        w.flush()
+        write_frame(w, kind, &payload)
     }
 
     /// Reads one frame. End of input before a frame starts is `UnexpectedEof`.
     pub fn read_from(r: &mut dyn Read) -> io::Result<Self> {
-        let mut head = [0u8; 5];
-        r.read_exact(&mut head)?;
-        let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
-        if len > MAX_FRAME {
-            return Err(invalid(format!(
-                "session: a {len}-byte message is too large"
-            )));
-        }
-        let mut rest = vec![0u8; len + 4];
-        r.read_exact(&mut rest)?;
-        let crc = u32::from_be_bytes(rest[len..].try_into().unwrap());
-        let computed = crc32c::crc32c_append(crc32c::crc32c(&head), &rest[..len]);
-        if crc != computed {
-            return Err(invalid("session: a message has a bad checksum"));
-        }
-        Self::decode(head[0], &rest[..len])
+        let (kind, payload) = read_frame(r)?;
+        Self::decode(kind, &payload)
     }
+}
+
+/// Writes one frame (`type, len, payload, crc32c`) and flushes: the framing of every back
+/// channel message, and of `lvmsync verify`'s exchanges ([`crate::verify`]).
+pub fn write_frame(w: &mut dyn Write, kind: u8, payload: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|&n| n as usize <= MAX_FRAME)
+        .ok_or_else(|| {
+            invalid(format!(
+                "session: a {}-byte message is too large",
+                payload.len()
+            ))
+        })?;
+    let mut frame = Vec::with_capacity(payload.len() + 9);
+    frame.push(kind);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&frame);
+    frame.extend_from_slice(&crc.to_be_bytes());
+    w.write_all(&frame)?;
+    w.flush()
+}
+
+/// Reads one frame: its type and payload, checksum verified. End of input before a frame
+/// starts is `UnexpectedEof`.
+pub fn read_frame(r: &mut dyn Read) -> io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head)?;
+    let len = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+    if len > MAX_FRAME {
+        return Err(invalid(format!(
+            "session: a {len}-byte message is too large"
+        )));
+    }
+    let mut rest = vec![0u8; len + 4];
+    r.read_exact(&mut rest)?;
+    let crc = u32::from_be_bytes(rest[len..].try_into().unwrap());
+    let computed = crc32c::crc32c_append(crc32c::crc32c(&head), &rest[..len]);
+    if crc != computed {
+        return Err(invalid("session: a message has a bad checksum"));
+    }
+    rest.truncate(len);
+    Ok((head[0], rest))
 }
 
 #[cfg(test)]

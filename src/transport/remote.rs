@@ -27,14 +27,7 @@ fn remote_words(
     opts: &ReceiverOptions,
     verbosity: Verbosity,
 ) -> Result<Vec<String>, Error> {
-    let mut words = shlex::split(&opts.remote_path)
-        .filter(|w| !w.is_empty())
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "--remote-path {:?}: unbalanced quotes or empty",
-                opts.remote_path
-            ))
-        })?;
+    let mut words = remote_program(&opts.remote_path)?;
     words.extend(["--apply".to_string(), "-".to_string()]);
     if opts.session {
         words.push("--session".to_string());
@@ -52,6 +45,25 @@ fn remote_words(
         Verbosity::Debug => &["-v", "-d"],
     };
     words.extend(verbosity_flags.iter().map(|f| f.to_string()));
+    words.push(remote_path_word(dest)?);
+    Ok(words)
+}
+
+/// The words of lvmsync on the remote host (`--remote-path`), split like a shell would, so
+/// that `sudo lvmsync` works.
+pub fn remote_program(remote_path: &str) -> Result<Vec<String>, Error> {
+    shlex::split(remote_path)
+        .filter(|w| !w.is_empty())
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "--remote-path {remote_path:?}: unbalanced quotes or empty"
+            ))
+        })
+}
+
+/// A path on the remote host, as the last word of its command line: never empty, never
+/// mistaken for an option.
+pub fn remote_path_word(dest: &str) -> Result<String, Error> {
     if dest.is_empty() {
         return Err(Error::Usage("no remote destination path given".into()));
     }
@@ -60,8 +72,7 @@ fn remote_words(
             "remote destination {dest:?} starts with '-'; give a path such as ./{dest}"
         )));
     }
-    words.push(dest.to_string());
-    Ok(words)
+    Ok(dest.to_string())
 }
 
 /// The full local command: the remote shell's words, the host, then the quoted remote words.
@@ -72,16 +83,23 @@ pub fn remote_command(
     opts: &ReceiverOptions,
     verbosity: Verbosity,
 ) -> Result<Vec<OsString>, Error> {
-    let rsh = shlex::split(&opts.rsh)
+    shell_command(&opts.rsh, host, remote_words(dest, opts, verbosity)?)
+}
+
+/// The local command that runs `words` on `host` through the remote shell `rsh` (split like a
+/// shell would): the remote shell's words, the host, then every remote word shell-quoted.
+/// Every error is a usage error.
+pub fn shell_command(rsh: &str, host: &str, words: Vec<String>) -> Result<Vec<OsString>, Error> {
+    let rsh = shlex::split(rsh)
         .filter(|w| !w.is_empty())
-        .ok_or_else(|| Error::Usage(format!("--rsh {:?}: unbalanced quotes or empty", opts.rsh)))?;
+        .ok_or_else(|| Error::Usage(format!("--rsh {rsh:?}: unbalanced quotes or empty")))?;
     // A host such as `-oProxyCommand=...` would be read as an option by ssh.
     if host.is_empty() || host.starts_with('-') {
         return Err(Error::Usage(format!("invalid remote host {host:?}")));
     }
     let mut argv: Vec<OsString> = rsh.into_iter().map(OsString::from).collect();
     argv.push(host.into());
-    for word in remote_words(dest, opts, verbosity)? {
+    for word in words {
         let quoted = shlex::try_quote(&word)
             .map_err(|_| Error::Usage(format!("remote argument {word:?} contains a NUL byte")))?;
         argv.push(quoted.into_owned().into());
@@ -273,10 +291,17 @@ impl Drop for RemoteApply {
 
 /// The error a remote shell's exit status means, if any.
 fn failure(host: &str, status: ExitStatus) -> Option<Error> {
+    failure_reason(status)
+        .map(|why| Error::Invalid(format!("remote apply on {host} failed ({why})")))
+}
+
+/// Why a remote shell's exit status is a failure (`None`: it succeeded), in words that point
+/// to the likely cause.
+pub(crate) fn failure_reason(status: ExitStatus) -> Option<String> {
     if status.success() {
         return None;
     }
-    let why = match status.code() {
+    Some(match status.code() {
         Some(127) => "exit status 127: command not found; check --remote-path and the remote PATH"
             .to_string(),
         Some(2) => "exit status 2: the remote lvmsync refused its command line; \
@@ -284,10 +309,7 @@ fn failure(host: &str, status: ExitStatus) -> Option<Error> {
             .to_string(),
         Some(255) => "exit status 255: the remote shell reported an error".to_string(),
         _ => reason(status),
-    };
-    Some(Error::Invalid(format!(
-        "remote apply on {host} failed ({why})"
-    )))
+    })
 }
 
 /// "exit status N" or "killed by signal N".

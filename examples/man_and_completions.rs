@@ -105,16 +105,21 @@ fn commands(roff: &mut Roff, lines: &[&str]) {
 /// The command line as completions offer it: without its hidden options, which clap_complete
 /// would offer like the others.
 fn visible_command() -> clap::Command {
-    let full = Cli::command();
-    let mut cmd = clap::Command::new("lvmsync")
-        .version(env!("CARGO_PKG_VERSION"))
-        .args_conflicts_with_subcommands(full.is_args_conflicts_with_subcommands_set())
-        .args(full.get_arguments().filter(|a| !a.is_hide_set()).cloned())
-        .subcommands(full.get_subcommands().cloned());
-    if let Some(about) = full.get_about() {
-        cmd = cmd.about(about.clone());
+    // Leaked: the rebuilt command borrows its subcommands' names from this one.
+    let full: &'static clap::Command = Box::leak(Box::new(Cli::command()));
+    without_hidden(full).version(env!("CARGO_PKG_VERSION"))
+}
+
+/// `cmd` and its subcommands without their hidden options.
+fn without_hidden(cmd: &'static clap::Command) -> clap::Command {
+    let mut out = clap::Command::new(cmd.get_name())
+        .args_conflicts_with_subcommands(cmd.is_args_conflicts_with_subcommands_set())
+        .args(cmd.get_arguments().filter(|a| !a.is_hide_set()).cloned())
+        .subcommands(cmd.get_subcommands().map(without_hidden));
+    if let Some(about) = cmd.get_about() {
+        out = out.about(about.clone());
     }
-    cmd
+    out
 }
 
 /// The completion script for `shell`, and its file name.
@@ -186,6 +191,7 @@ mod tests {
                 "DESCRIPTION",
                 "WORKFLOW",
                 "OPTIONS",
+                "CHECKING THE RESULT",
                 "STREAM FORMATS",
                 "EXIT STATUS",
                 "GUARANTEES",

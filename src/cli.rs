@@ -2,6 +2,7 @@
 //! do. Every combination that makes no sense is refused here, before anything is opened.
 
 pub mod manual;
+pub mod verify;
 
 use std::path::PathBuf;
 
@@ -23,6 +24,7 @@ const USAGE: &str = "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
        lvmsync [OPTIONS] --apply FILE|- DEST
        lvmsync changes SNAPSHOT
        lvmsync info FILE|- [--json]
+       lvmsync verify [OPTIONS] [--changes|--stream FILE] [SOURCE] [HOST:]DEST
        (--cow FILE, or --thin-metadata FILE --thin-ids SNAP:ORIGIN,
         with --data-source ORIGIN, stand in for SNAPSHOT)";
 
@@ -49,6 +51,11 @@ pub enum Command {
     Changes(ChangesArgs),
     /// Describe a stream or snapback and verify it whole, without applying it.
     Info(InfoArgs),
+    /// Compare SOURCE with [HOST:]DEST (whole volumes, the ranges a snapshot lists as changed,
+    /// or what a stream writes) and print the differing ranges: one "OFFSET LENGTH" line each,
+    /// in decimal bytes. Exit status 0: equal, 1: different, 3: could not compare.
+    #[command(override_usage = verify::USAGE)]
+    Verify(verify::VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +201,8 @@ pub enum Config {
     Changes(ChangesConfig),
     Info(InfoConfig),
     Resume(ResumeConfig),
+    Verify(verify::VerifyConfig),
+    VerifyServe(verify::VerifyServeConfig),
 }
 
 /// Finish a `--stdout` dump that was cut short, in place.
@@ -265,6 +274,8 @@ impl Config {
             self,
             Config::Changes(_)
                 | Config::Info(_)
+                | Config::Verify(_)
+                | Config::VerifyServe(_)
                 | Config::Send(SendConfig {
                     target: SendTarget::Stdout,
                     ..
@@ -276,6 +287,21 @@ impl Config {
 
 fn usage(msg: impl Into<String>) -> Error {
     Error::Usage(msg.into())
+}
+
+/// The verbosity asked for by `-q`, `-v` and `-d`.
+fn verbosity(quiet: bool, verbose: bool, debug: bool) -> Result<Verbosity> {
+    Ok(match (quiet, verbose, debug) {
+        (true, false, false) => Verbosity::Quiet,
+        (true, _, _) => {
+            return Err(usage(
+                "--quiet cannot be combined with --verbose or --debug",
+            ))
+        }
+        (false, _, true) => Verbosity::Debug,
+        (false, true, false) => Verbosity::Verbose,
+        (false, false, false) => Verbosity::Normal,
+    })
 }
 
 fn parse_thin_ids(s: &str) -> Result<(u64, u64)> {
@@ -310,6 +336,9 @@ impl OfflineSourceArgs {
 impl Cli {
     /// Turns raw arguments into a validated configuration.
     pub fn into_config(self) -> Result<Config> {
+        if let Some(Command::Verify(v)) = self.command {
+            return v.into_config();
+        }
         if let Some(Command::Info(i)) = self.command {
             return Ok(Config::Info(InfoConfig {
                 input: i.input,
@@ -333,17 +362,7 @@ impl Cli {
             }));
         }
         let a = self.sync;
-        let verbosity = match (a.quiet, a.verbose, a.debug) {
-            (true, false, false) => Verbosity::Quiet,
-            (true, _, _) => {
-                return Err(usage(
-                    "--quiet cannot be combined with --verbose or --debug",
-                ))
-            }
-            (false, _, true) => Verbosity::Debug,
-            (false, true, false) => Verbosity::Verbose,
-            (false, false, false) => Verbosity::Normal,
-        };
+        let verbosity = verbosity(a.quiet, a.verbose, a.debug)?;
         let apply = match (a.apply, a.server) {
             (Some(_), true) => return Err(usage("--server is --apply -; give only one")),
             (Some(f), false) => Some(f),

@@ -34,6 +34,9 @@ pub enum Error {
     /// (exit status, relayed messages) tells why, and comes first.
     #[error("the receiver {}", match .0 { Some(why) => format!("failed: {why}"), None => "ended the session".into() })]
     Receiver(Option<String>),
+    /// `lvmsync verify` could not compare the two sides: this error says why.
+    #[error(transparent)]
+    NotCompared(Box<Error>),
 }
 
 impl Error {
@@ -41,6 +44,7 @@ impl Error {
     pub fn exit(&self) -> crate::exit::Exit {
         match self {
             Error::Usage(_) => crate::exit::Exit::Usage,
+            Error::NotCompared(_) => crate::exit::Exit::NotCompared,
             _ => crate::exit::Exit::Failed,
         }
     }

@@ -11,26 +11,37 @@ pub enum Exit {
     Failed,
     /// The command line was refused; nothing was done.
     Usage,
+    /// `lvmsync verify`: the two sides differ.
+    Differ,
+    /// `lvmsync verify`: a side could not be read, so nothing was compared.
+    NotCompared,
     /// Ended by this signal (caught to give back what a thin pool holds for lvmsync first).
     Signal(i32),
 }
 
 impl Exit {
     /// Each status and what it means, as documented.
-    pub const TABLE: [(&'static str, &'static str); 4] = [
+    pub const TABLE: [(&'static str, &'static str); 5] = [
         (
             "0",
             "Success: everything asked was done. A stream that was sent or applied arrived \
-             whole, was verified and is on disk.",
+             whole, was verified and is on disk. lvmsync verify: the two sides are equal.",
         ),
         (
             "1",
             "The operation failed: nothing, or not everything, was done. The message on \
-             standard error says what failed.",
+             standard error says what failed. lvmsync verify: the two sides differ; the \
+             differing ranges are on standard output.",
         ),
         (
             "2",
             "Usage error: the command line was refused and nothing was done.",
+        ),
+        (
+            "3",
+            "lvmsync verify could not compare: a side could not be read (an I/O error, a lost \
+             connection, a remote lvmsync without verify). The message on standard error says \
+             why; nothing is written to standard output.",
         ),
         (
             "128+N",
@@ -47,6 +58,8 @@ impl Exit {
             Exit::Success => 0,
             Exit::Failed => 1,
             Exit::Usage => 2,
+            Exit::Differ => 1,
+            Exit::NotCompared => 3,
             Exit::Signal(n) => 128 + n,
         }
     }
@@ -65,7 +78,7 @@ mod tests {
 
     #[test]
     fn codes_follow_the_table() {
-        let codes: Vec<String> = [Exit::Success, Exit::Failed, Exit::Usage]
+        let codes: Vec<String> = [Exit::Success, Exit::Failed, Exit::Usage, Exit::NotCompared]
             .iter()
             .map(|e| e.code().to_string())
             .chain(["128+N".to_string()])
@@ -73,5 +86,7 @@ mod tests {
         let table: Vec<&str> = Exit::TABLE.iter().map(|(code, _)| *code).collect();
         assert_eq!(codes, table);
         assert_eq!(Exit::Signal(libc::SIGTERM).code(), 143);
+        // Differing is a failure of what verify was asked to show: the same status.
+        assert_eq!(Exit::Differ.code(), Exit::Failed.code());
     }
 }

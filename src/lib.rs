@@ -6,6 +6,8 @@
 //! output, a local receiver or a remote one; the receiver ([`apply`]) writes a stream onto a
 //! destination, optionally saving what it overwrites as a snapback stream.
 //!
+//! [`verify`] compares two volumes, or the ranges a sync wrote, on one host or two.
+//!
 //! `main.rs` parses the command line ([`cli`]) into a validated [`cli::Config`]; [`commands`]
 //! carries it out, one module per command. Underneath: [`lvm`] (live discovery, and running
 //! LVM's and device-mapper's tools), [`blockdev`] (opening rules, sizes, aligned buffers),
@@ -32,5 +34,6 @@ pub mod session;
 pub mod source;
 pub mod stream;
 pub mod transport;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         lvmsync::commands::run(config)
     });
     match result {
-        Ok(()) => Exit::Success.into(),
+        Ok(exit) => exit.into(),
         Err(e) => {
             let exit = e.exit();
             if exit == Exit::Usage {

@@ -99,6 +99,11 @@ pub const DESCRIPTION: Section = Section {
                  cut short by a crash, which applies), 1 with the byte where it is damaged or \
                  cut. --json prints one JSON object.",
             ),
+            (
+                "lvmsync verify [--changes|--stream FILE] [SOURCE] [HOST:]DEST",
+                "Compare SOURCE with DEST, local or on HOST, and list the ranges where they \
+                 differ: see CHECKING THE RESULT.",
+            ),
         ]),
         Block::Text(
             "Offline change sources stand in for SNAPSHOT in every form, for forensics, tests or \
@@ -138,6 +143,48 @@ pub const WORKFLOW: Section = Section {
              for the copy and removes afterwards. Step 4 reads and sends only the changed \
              blocks. With --snapback FILE it also keeps, on B, what it overwrote: applying FILE \
              to B's volume undoes the sync.",
+        ),
+    ],
+};
+
+pub const VERIFY: Section = Section {
+    title: "CHECKING THE RESULT",
+    blocks: &[
+        Block::Text(
+            "lvmsync verify compares a source with a destination, DEST or HOST:DEST, and prints \
+             the ranges where they differ, one \"OFFSET LENGTH\" line each in decimal bytes, \
+             adjacent ones merged, and a summary line on standard error. Exit status 0: equal; \
+             1: different; 3: could not compare (a side could not be read, the connection \
+             failed, or the remote lvmsync has no verify).",
+        ),
+        Block::List(&[
+            (
+                "lvmsync verify SOURCE [HOST:]DEST",
+                "Whole volumes: any two block devices or image files, compared up to the end of \
+                 the smaller one. The bytes past it are a difference.",
+            ),
+            (
+                "lvmsync verify --changes SNAPSHOT [HOST:]DEST",
+                "Only the ranges changed since SNAPSHOT, read from its origin (or \
+                 --data-source): checks a sync in the time the sync took. --cow or \
+                 --thin-metadata with --thin-ids and --data-source stand in for SNAPSHOT.",
+            ),
+            (
+                "lvmsync verify --stream FILE|- [HOST:]DEST",
+                "Whether DEST holds what the stream writes: the data of its data records, zeros \
+                 in its zero ranges.",
+            ),
+        ]),
+        Block::Text(
+            "Both sides are read at the same time with many reads in flight and hashed with \
+             BLAKE3 in chunks of --chunk SIZE (default 1M, a multiple of 4K from 4K to 16M): \
+             differences are reported per chunk. For HOST:DEST, lvmsync runs lvmsync verify \
+             --serve DEST on HOST through the remote shell (-e, --remote-path); one hash per \
+             64 chunks crosses the network, and the chunk hashes of the groups that differ. \
+             --json prints one JSON object instead of the ranges: equal, mode, source, dest, \
+             source_bytes, dest_bytes, chunk_bytes, compared_bytes, differing_bytes, differing \
+             (offset and len of each range), elapsed_s, bytes_sent and bytes_received (with \
+             the DEST side). lvmsync verify --help lists its options.",
         ),
     ],
 };
@@ -305,6 +352,14 @@ pub const EXAMPLES: &[Example] = &[
         commands: &["lvmsync --stdout -z --resume lv.changes /dev/vg/lv-snap"],
     },
     Example {
+        what: "After a sync, check that B holds the origin's contents of every changed range; \
+               or compare the whole volumes:",
+        commands: &[
+            "lvmsync verify --changes /dev/vg/lv-snap B:/dev/vg/lv",
+            "lvmsync verify /dev/vg/lv B:/dev/vg/lv",
+        ],
+    },
+    Example {
         what: "Offline sources: a copy of a snapshot's -cow device and of its origin, and a copy \
                of a thin pool's metadata:",
         commands: &[
@@ -327,7 +382,7 @@ pub const SEE_ALSO: Section = Section {
 
 /// The sections the man page adds after OPTIONS, in order (EXAMPLES is rendered from
 /// [`EXAMPLES`] between GUARANTEES and SEE ALSO).
-pub const AFTER_OPTIONS: [Section; 3] = [STREAM_FORMATS, EXIT_STATUS, GUARANTEES];
+pub const AFTER_OPTIONS: [Section; 4] = [VERIFY, STREAM_FORMATS, EXIT_STATUS, GUARANTEES];
 
 /// Where the whole manual is.
 const MORE: &str = "The workflow, the guarantees and more examples: man 8 lvmsync";
@@ -432,6 +487,7 @@ mod tests {
         let sections = [
             DESCRIPTION,
             WORKFLOW,
+            VERIFY,
             STREAM_FORMATS,
             EXIT_STATUS,
             GUARANTEES,

@@ -6,7 +6,8 @@
 //! - [`apply`]: `lvmsync --apply FILE|- DEST`;
 //! - [`changes`]: `lvmsync changes SNAPSHOT`, the changed ranges as text;
 //! - [`info`]: `lvmsync info FILE|-`, a stream described and verified;
-//! - [`resume`]: `lvmsync --stdout --resume FILE SNAPSHOT`, a dump cut short finished in place.
+//! - [`resume`]: `lvmsync --stdout --resume FILE SNAPSHOT`, a dump cut short finished in place;
+//! - [`verify`]: `lvmsync verify SOURCE [HOST:]DEST`, the differing ranges as text.
 
 pub mod apply;
 pub mod changes;
@@ -14,18 +15,23 @@ pub mod full;
 pub mod info;
 pub mod resume;
 pub mod send;
+pub mod verify;
 
 use crate::cli::Config;
 use crate::error::Result;
+use crate::exit::Exit;
 
-/// Carries out a validated configuration.
-pub fn run(config: Config) -> Result<()> {
+/// Carries out a validated configuration; says how lvmsync ends when it did what was asked.
+pub fn run(config: Config) -> Result<Exit> {
+    let done = |r: Result<()>| r.map(|()| Exit::Success);
     match config {
-        Config::Send(config) if config.full => full::run(config),
-        Config::Send(config) => send::run(config),
-        Config::Apply(config) => apply::run(&config),
-        Config::Changes(config) => changes::run(&config),
-        Config::Info(config) => info::run(&config),
-        Config::Resume(config) => resume::run(config),
+        Config::Send(config) if config.full => done(full::run(config)),
+        Config::Send(config) => done(send::run(config)),
+        Config::Apply(config) => done(apply::run(&config)),
+        Config::Changes(config) => done(changes::run(&config)),
+        Config::Info(config) => done(info::run(&config)),
+        Config::Resume(config) => done(resume::run(config)),
+        Config::Verify(config) => verify::run(&config),
+        Config::VerifyServe(config) => verify::serve(&config),
     }
 }

@@ -91,30 +91,14 @@ fn the_plan_is_the_streams_exact_size() {
     }
 }
 
-/// The captured classic snapshot, a copy of the origin as it was at snapshot time.
-struct Fixture {
-    _dir: tempfile::TempDir,
-    cow: std::path::PathBuf,
-    before: std::path::PathBuf,
-    after: std::path::PathBuf,
-    dest: std::path::PathBuf,
+/// The captured classic snapshot and a destination that is its copy.
+fn fixture() -> (common::ClassicImages, std::path::PathBuf) {
+    let images = common::ClassicImages::new();
+    let dest = images.destination("dest");
+    (images, dest)
 }
 
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let (cow, before, after) = common::classic_fixture(dir.path());
-    let dest = dir.path().join("dest");
-    common::copy(&before, &dest);
-    Fixture {
-        _dir: dir,
-        cow,
-        before,
-        after,
-        dest,
-    }
-}
-
-/// The number after `word` in `text`.
+/// The number before `word` in `text`.
 fn number_before(text: &str, word: &str) -> u64 {
     let at = text
         .find(word)
@@ -129,8 +113,8 @@ fn number_before(text: &str, word: &str) -> u64 {
 
 #[test]
 fn dry_run_prints_what_would_be_sent_and_sends_nothing() {
-    let f = fixture();
-    let source = ["--cow", p(&f.cow), "--data-source", p(&f.after)];
+    let (f, dest) = fixture();
+    let source = f.source_args();
     let changes = lvmsync().arg("changes").args(source).output().unwrap();
     assert!(changes.status.success());
     for extra in [&[][..], &["--format", "3"], &["-z"], &["--no-check"]] {
@@ -144,7 +128,7 @@ fn dry_run_prints_what_would_be_sent_and_sends_nothing() {
         // To stdout, to a local destination, and to a remote one that must not be reached.
         for target in [
             vec!["--stdout"],
-            vec![p(&f.dest)],
+            vec![p(&dest)],
             vec!["-e", "false", "nohost:/dev/null"],
         ] {
             let mut args = vec!["--dry-run"];
@@ -170,7 +154,7 @@ fn dry_run_prints_what_would_be_sent_and_sends_nothing() {
             }
             assert!(stderr.contains("nothing was sent"), "{stderr}");
             assert!(
-                common::same(&f.dest, &f.before),
+                common::same(&dest, &f.before),
                 "the destination is untouched"
             );
         }
@@ -179,9 +163,9 @@ fn dry_run_prints_what_would_be_sent_and_sends_nothing() {
 
 #[test]
 fn dry_run_is_not_an_apply_option() {
-    let f = fixture();
+    let (f, dest) = fixture();
     let out = lvmsync()
-        .args(["--dry-run", "--apply", p(&f.cow), p(&f.dest)])
+        .args(["--dry-run", "--apply", p(&f.cow), p(&dest)])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -190,7 +174,7 @@ fn dry_run_is_not_an_apply_option() {
 
 #[test]
 fn json_progress_describes_the_send_line_by_line() {
-    let f = fixture();
+    let (f, dest) = fixture();
     let out = lvmsync()
         .args([
             "--progress=json",
@@ -199,12 +183,12 @@ fn json_progress_describes_the_send_line_by_line() {
             "--data-source",
             p(&f.after),
         ])
-        .arg(&f.dest)
+        .arg(&dest)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(common::same(&f.dest, &f.after));
+    assert!(common::same(&dest, &f.after));
     let events: Vec<serde_json::Value> = stderr
         .lines()
         .filter(|l| l.starts_with('{'))
@@ -237,8 +221,8 @@ fn json_progress_describes_the_send_line_by_line() {
 
 #[test]
 fn changes_as_json_match_the_lines() {
-    let f = fixture();
-    let source = ["--cow", p(&f.cow), "--data-source", p(&f.after)];
+    let f = common::ClassicImages::new();
+    let source = f.source_args();
     let lines = lvmsync().arg("changes").args(source).output().unwrap();
     let json = lvmsync()
         .args(["changes", "--json"])

@@ -23,15 +23,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "lvmsync failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A sparse image of `size` bytes with pseudo-random data at each `(offset, len)`, zeros
 /// elsewhere.
 fn sparse_image(path: &Path, size: u64, data: &[(u64, usize)]) {
@@ -86,7 +77,7 @@ fn a_full_copy_equals_the_source_in_both_formats() {
         let dest = dir.path().join(format!("dest{format}.img"));
         full_image(&dest, size, 2);
         let out = lvmsync(&["--full", "--format", format, s(&src), s(&dest)]);
-        assert_success(&out);
+        common::assert_success(&out);
         assert!(common::same(&src, &dest), "format {format}: copy differs");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -108,7 +99,7 @@ fn a_sparse_source_leaves_holes_in_a_sparse_destination() {
     full_image(&used, SPARSE_SIZE as usize, 3);
     for dest in [&fresh, &used] {
         let out = lvmsync(&["--full", s(&src), s(dest)]);
-        assert_success(&out);
+        common::assert_success(&out);
         assert!(common::same(&src, dest));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(" of zeros ("), "{stderr}");
@@ -133,7 +124,7 @@ fn the_stream_has_a_full_identity_and_zero_ranges() {
         .stderr(Stdio::null())
         .output()
         .unwrap();
-    assert_success(&out);
+    common::assert_success(&out);
     let mut reader = StreamReader::open(&out.stdout[..]).unwrap();
     assert_eq!(reader.info().source_bytes, Some(SPARSE_SIZE));
     let mut identity = None;
@@ -176,11 +167,11 @@ fn stdout_then_apply_in_both_formats_and_compressed() {
             .stdout(std::fs::File::create(&stream).unwrap())
             .output()
             .unwrap();
-        assert_success(&out);
+        common::assert_success(&out);
         assert!(out.stderr.is_empty(), "-q: {:?}", out.stderr);
         let dest = dir.path().join("dest.img");
         full_image(&dest, SPARSE_SIZE as usize, 4);
-        assert_success(&lvmsync(&["--apply", s(&stream), s(&dest)]));
+        common::assert_success(&lvmsync(&["--apply", s(&stream), s(&dest)]));
         assert!(common::same(&src, &dest), "{args:?}");
     }
 }
@@ -221,7 +212,7 @@ fn a_destination_too_small_is_refused_with_nothing_written() {
             .stdout(std::fs::File::create(&stream).unwrap())
             .output()
             .unwrap();
-        assert_success(&out);
+        common::assert_success(&out);
         let out = lvmsync(&["--apply", s(&stream), s(&dest)]);
         check(
             &out,
@@ -244,7 +235,7 @@ fn loop_devices_as_source_and_destination() {
     let src_dev = common::LoopDevice::attach(&src);
     let dest_dev = common::LoopDevice::attach(&backing);
     let out = lvmsync(&["--full", &src_dev.0, &dest_dev.0]);
-    assert_success(&out);
+    common::assert_success(&out);
     drop(dest_dev);
     assert!(common::same(&src, &backing));
     // The loop device passes zero ranges on as discards: the backing file has holes.
@@ -260,9 +251,9 @@ fn a_snapback_of_a_full_copy_restores_the_destination() {
     full_image(&dest, SPARSE_SIZE as usize, 8);
     let old = std::fs::read(&dest).unwrap();
     let snapback = dir.path().join("snapback");
-    assert_success(&lvmsync(&["--full", "-b", s(&snapback), s(&src), s(&dest)]));
+    common::assert_success(&lvmsync(&["--full", "-b", s(&snapback), s(&src), s(&dest)]));
     assert!(common::same(&src, &dest));
-    assert_success(&lvmsync(&["--apply", s(&snapback), s(&dest)]));
+    common::assert_success(&lvmsync(&["--apply", s(&snapback), s(&dest)]));
     assert!(std::fs::read(&dest).unwrap() == old);
 }
 
@@ -286,7 +277,7 @@ fn full_copy_over_ssh_in_both_formats() {
             s(&src),
             &format!("127.0.0.1:{}", dest.display()),
         ]);
-        assert_success(&out);
+        common::assert_success(&out);
         assert!(common::same(&src, &dest), "format {format}");
     }
     // A remote destination that is too small: the receiver refuses it from the header.

@@ -22,27 +22,18 @@ fn p(path: &Path) -> &str {
 }
 
 /// The classic fixture unpacked, and streams made from it by `lvmsync --stdout`.
-struct Fixture {
-    dir: tempfile::TempDir,
-    cow: PathBuf,
-    before: PathBuf,
-    after: PathBuf,
+struct Fixture(common::ClassicImages);
+
+impl std::ops::Deref for Fixture {
+    type Target = common::ClassicImages;
+    fn deref(&self) -> &common::ClassicImages {
+        &self.0
+    }
 }
 
 impl Fixture {
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let (cow, before, after) = common::classic_fixture(dir.path());
-        Fixture {
-            dir,
-            cow,
-            before,
-            after,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        Fixture(common::ClassicImages::new())
     }
 
     /// `lvmsync --stdout --cow … --data-source …` with `extra` options, into a file.

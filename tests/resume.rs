@@ -271,27 +271,18 @@ fn a_dump_cut_inside_a_long_manifest_is_finished() {
 }
 
 /// The classic fixture, dumped and resumed through the command line.
-struct Cli {
-    dir: tempfile::TempDir,
-    cow: PathBuf,
-    before: PathBuf,
-    after: PathBuf,
+struct Cli(common::ClassicImages);
+
+impl std::ops::Deref for Cli {
+    type Target = common::ClassicImages;
+    fn deref(&self) -> &common::ClassicImages {
+        &self.0
+    }
 }
 
 impl Cli {
     fn new() -> Cli {
-        let dir = tempfile::tempdir().unwrap();
-        let (cow, before, after) = common::classic_fixture(dir.path());
-        Cli {
-            dir,
-            cow,
-            before,
-            after,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        Cli(common::ClassicImages::new())
     }
 
     fn source(&self) -> Vec<String> {

@@ -134,15 +134,6 @@ fn tally(path: &Path) -> u64 {
         .unwrap_or_else(|| panic!("no byte count in dd's statistics: {text:?}"))
 }
 
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "lvmsync failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Bytes written so far by process `pid` (its stream into ssh, and a few lines on stderr).
 fn written(pid: u32) -> Option<u64> {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
@@ -153,28 +144,14 @@ fn written(pid: u32) -> Option<u64> {
 
 /// lvmsync processes whose command line holds every one of `words`.
 fn lvmsync_processes_with(words: &[&str]) -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if pid != me && args[0] == LVMSYNC && words.iter().all(|w| args.iter().any(|a| a == w)) {
-            found.push(pid);
-        }
-    }
-    found
+    common::processes()
+        .into_iter()
+        .filter(|p| {
+            p.args.first().is_some_and(|a| a == LVMSYNC)
+                && words.iter().all(|w| p.args.iter().any(|a| a == w))
+        })
+        .map(|p| p.pid)
+        .collect()
 }
 
 enum Interruption {
@@ -249,7 +226,7 @@ fn interrupted_sync_resumes(how: Interruption, name: &str) {
     let out = sync_command(&v, &rsh, &reference, &tally_file)
         .output()
         .unwrap();
-    assert_success(&out);
+    common::assert_success(&out);
     assert!(same(&reference, &v.expected));
     let whole = tally(&tally_file);
 
@@ -269,7 +246,7 @@ fn interrupted_sync_resumes(how: Interruption, name: &str) {
 
     let tally_file = v.dir.path().join("tally-again");
     let out = sync_command(&v, &rsh, &dest, &tally_file).output().unwrap();
-    assert_success(&out);
+    common::assert_success(&out);
     assert!(
         same(&dest, &v.expected),
         "the re-run must leave the destination exact"

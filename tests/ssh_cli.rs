@@ -11,36 +11,7 @@ use common::sshd::Sshd;
 
 const LVMSYNC: &str = env!("CARGO_BIN_EXE_lvmsync");
 
-/// The captured classic snapshot: its exception store, the origin after the writes (data
-/// source), and the origin as it was at snapshot time (what a destination starts as).
-struct Images {
-    dir: tempfile::TempDir,
-    cow: PathBuf,
-    before: PathBuf,
-    after: PathBuf,
-}
-
-impl Images {
-    fn new() -> Images {
-        let dir = tempfile::tempdir().unwrap();
-        let (cow, before, after) = common::classic_fixture(dir.path());
-        Images {
-            dir,
-            cow,
-            before,
-            after,
-        }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    /// A fresh destination holding the origin as it was at snapshot time.
-    fn destination(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        common::copy(&self.before, &p);
-        p
-    }
-}
+use common::ClassicImages as Images;
 
 fn lvmsync(sshd: &Sshd, extra: &[&str], dest: &str, images: &Images) -> Output {
     let mut cmd = Command::new(LVMSYNC);
@@ -52,15 +23,6 @@ fn lvmsync(sshd: &Sshd, extra: &[&str], dest: &str, images: &Images) -> Output {
         .arg(&images.after)
         .arg(format!("127.0.0.1:{dest}"));
     cmd.output().unwrap()
-}
-
-fn assert_success(out: &Output) {
-    assert!(
-        out.status.success(),
-        "lvmsync failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -75,7 +37,7 @@ fn sync_over_ssh_in_both_formats() {
             dest.to_str().unwrap(),
             &images,
         );
-        assert_success(&out);
+        common::assert_success(&out);
         assert!(
             common::same(&dest, &images.after),
             "format {format}: destination differs from the origin"
@@ -93,7 +55,7 @@ fn destination_with_shell_characters_runs_nothing() {
     let name = format!("a b;touch {marker};`touch {marker}`$(touch {marker})|touch {marker}.img");
     let dest = images.destination(&name);
     let out = lvmsync(&sshd, &[], dest.to_str().unwrap(), &images);
-    assert_success(&out);
+    common::assert_success(&out);
     assert!(common::same(&dest, &images.after));
     let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
     for dir in [home.as_path(), images.dir.path(), Path::new("/")] {
@@ -116,7 +78,7 @@ fn snapback_is_written_on_the_remote_side_and_rolls_back() {
         dest.to_str().unwrap(),
         &images,
     );
-    assert_success(&out);
+    common::assert_success(&out);
     assert!(common::same(&dest, &images.after));
     let out = Command::new(LVMSYNC)
         .arg("--apply")
@@ -124,7 +86,7 @@ fn snapback_is_written_on_the_remote_side_and_rolls_back() {
         .arg(&dest)
         .output()
         .unwrap();
-    assert_success(&out);
+    common::assert_success(&out);
     assert!(common::same(&dest, &images.before));
 }
 
@@ -413,7 +375,7 @@ fn format3_reaches_a_ruby_receiver() {
             .arg(format!("127.0.0.1:{}", dest.display()))
             .output()
             .unwrap();
-        assert_success(&out);
+        common::assert_success(&out);
         let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
         let args: Vec<&str> = args.lines().collect();
         assert_eq!(args[..2], ["--apply", "-"], "{flags:?}");
@@ -441,7 +403,7 @@ fn a_ruby_sender_reaches_lvmsync() {
         .arg(&images.cow)
         .output()
         .unwrap();
-    assert_success(&changes);
+    common::assert_success(&changes);
     let after = std::fs::read(&images.after).unwrap();
     let mut stream = b"lvmsync PROTO[3]\n".to_vec();
     for line in String::from_utf8(changes.stdout).unwrap().lines() {
@@ -469,7 +431,7 @@ fn a_ruby_sender_reaches_lvmsync() {
         use std::io::Write;
         child.stdin.take().unwrap().write_all(&stream).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert_success(&out);
+        common::assert_success(&out);
         assert!(
             out.stdout.is_empty(),
             "{flags:?}: the receiver wrote to its standard output: {:?}",

@@ -57,6 +57,103 @@ pub fn classic_fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
+/// The classic fixture unpacked in a directory of its own: the exception store, the origin as
+/// it was at snapshot time (what a destination starts as) and after the writes (the data
+/// source).
+pub struct ClassicImages {
+    pub dir: tempfile::TempDir,
+    pub cow: PathBuf,
+    pub before: PathBuf,
+    pub after: PathBuf,
+}
+
+impl ClassicImages {
+    pub fn new() -> ClassicImages {
+        let dir = tempfile::tempdir().unwrap();
+        let (cow, before, after) = classic_fixture(dir.path());
+        ClassicImages {
+            dir,
+            cow,
+            before,
+            after,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A fresh destination holding the origin as it was at snapshot time.
+    pub fn destination(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        copy(&self.before, &p);
+        p
+    }
+
+    /// The change source: `--cow STORE --data-source ORIGIN`.
+    pub fn source_args(&self) -> [&str; 4] {
+        [
+            "--cow",
+            self.cow.to_str().unwrap(),
+            "--data-source",
+            self.after.to_str().unwrap(),
+        ]
+    }
+}
+
+/// Fails the test with lvmsync's stderr unless it exited 0.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "lvmsync failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running process, as /proc shows it.
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    /// The command line, word by word.
+    pub args: Vec<String>,
+}
+
+/// Every process /proc lists (those that end while it is read are left out).
+pub fn processes() -> Vec<Process> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let (Ok(stat), Ok(cmdline)) = (
+            std::fs::read_to_string(format!("/proc/{pid}/stat")),
+            std::fs::read(format!("/proc/{pid}/cmdline")),
+        ) else {
+            continue;
+        };
+        // pid (comm) state ppid ...; comm may contain spaces, so split after the last ')'
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let args = cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        found.push(Process { pid, ppid, args });
+    }
+    found
+}
+
 /// A deterministic pseudo-random byte pattern (xorshift), so test images differ everywhere.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

@@ -96,33 +96,16 @@ impl Sshd {
     /// many were killed.
     pub fn kill_sessions(&self) -> usize {
         let daemon = self.child.id();
-        let mut killed = 0;
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ...; comm may contain spaces, so split after the last ')'
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(daemon) {
-                let ok = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
+        super::processes()
+            .iter()
+            .filter(|p| p.ppid == daemon)
+            .filter(|p| {
+                Command::new("kill")
+                    .args(["-KILL", &p.pid.to_string()])
                     .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false);
-                killed += usize::from(ok);
-            }
-        }
-        killed
+                    .is_ok_and(|s| s.success())
+            })
+            .count()
     }
 }
 

@@ -4,7 +4,7 @@
 #
 #   bench/run.sh                 (BENCH_GIB=4: a 4 GiB origin; about 10 minutes on 2 cores)
 #   BENCH_GIB=1 bench/run.sh     (quick look)
-#   BENCH_ONLY="send apply" bench/run.sh   (some sections: device send apply e2e changes)
+#   BENCH_ONLY="send apply" bench/run.sh   (some sections: device send apply e2e verify changes)
 #   BENCH_REPEAT=3 bench/run.sh  (best of 3 for every send, apply and fio figure; default 2)
 #   BENCH_E2E=4k-10% bench/run.sh (the change set the end-to-end rows sync; default 4k-1%)
 #
@@ -35,7 +35,7 @@ mkdir -p "$OUT/bin"
 cp target/release/lvmsync target/release/examples/make_cow_store "$OUT/bin/"
 LVMSYNC=$OUT/bin/lvmsync
 GEN=$OUT/bin/make_cow_store
-ONLY=${BENCH_ONLY:-device send apply e2e changes}
+ONLY=${BENCH_ONLY:-device send apply e2e verify changes}
 REPEAT=${BENCH_REPEAT:-2}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 
@@ -244,6 +244,9 @@ REF="e2e/rsync ssh $E2E/cold" e2e "lvmsync ssh $E2E" \
 cmp "$ORIGIN" "$DEST" || { echo "bench: destination differs from the origin after sync" >&2; exit 1; }
 "$GEN" scramble "$DEST" "$OUT/$E2E.cow"
 }
+
+# ---------------------------------------------------------------- verify
+want verify && . "$ROOT/bench/verify.sh"
 
 # ---------------------------------------------------------------- change listing
 want changes && for cache in cold warm; do

@@ -25,6 +25,8 @@ const USAGE: &str = "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
        lvmsync changes SNAPSHOT
        lvmsync info FILE|- [--json]
        lvmsync verify [OPTIONS] [--changes|--stream FILE] [SOURCE] [HOST:]DEST
+       lvmsync replicate [OPTIONS] VG/LV [HOST:]DEST
+       lvmsync replicate --status VG/LV
        (--cow FILE, or --thin-metadata FILE --thin-ids SNAP:ORIGIN,
         with --data-source ORIGIN, stand in for SNAPSHOT)";
 
@@ -56,6 +58,47 @@ pub enum Command {
     /// in decimal bytes. Exit status 0: equal, 1: different, 3: could not compare.
     #[command(override_usage = verify::USAGE)]
     Verify(verify::VerifyArgs),
+    /// Keep a copy of VG/LV at DEST current: snapshot, send what changed since the last run,
+    /// rotate the snapshots (their state is kept as LVM tags).
+    Replicate(ReplicateArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    override_usage = "lvmsync replicate [OPTIONS] VG/LV [HOST:]DEST\n       lvmsync replicate --status VG/LV"
+)]
+pub struct ReplicateArgs {
+    /// The volume (VG/LV) and where its copy is kept ([HOST:]DEST); only VG/LV with --status.
+    #[arg(value_name = "ARGS")]
+    pub paths: Vec<String>,
+    /// List the destinations of VG/LV, each with its base snapshot.
+    #[arg(long)]
+    pub status: bool,
+    /// Size of a classic snapshot's exception store: N[bkmgt] (MiB without a unit) or N% of the
+    /// LV [default: 20%, at least 64 MiB, at most the LV].
+    #[arg(long, value_name = "SIZE", value_parser = crate::replicate::SnapshotSize::parse)]
+    pub snapshot_size: Option<crate::replicate::SnapshotSize>,
+    /// Wait for another replicate run of the same LV to end instead of refusing to start.
+    #[arg(long)]
+    pub wait: bool,
+    /// Remote shell command used to reach HOST.
+    #[arg(short = 'e', long, value_name = "CMD", default_value = "ssh")]
+    pub rsh: String,
+    /// lvmsync on the remote host.
+    #[arg(long, value_name = "PATH", default_value = "lvmsync")]
+    pub remote_path: String,
+    /// Compress record payloads with zstd.
+    #[arg(short = 'z', long)]
+    pub compress: bool,
+    /// Progress while sending: auto, json, none.
+    #[arg(long, value_name = "auto|json|none", default_value = "auto")]
+    pub progress: ProgressMode,
+    /// Say more.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// Say nothing but errors.
+    #[arg(short = 'q', long, conflicts_with = "verbose")]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +246,24 @@ pub enum Config {
     Resume(ResumeConfig),
     Verify(verify::VerifyConfig),
     VerifyServe(verify::VerifyServeConfig),
+    Replicate(ReplicateConfig),
+}
+
+/// `lvmsync replicate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicateConfig {
+    pub vg: String,
+    pub lv: String,
+    /// `None` for `--status`.
+    pub dest: Option<String>,
+    pub snapshot_size: Option<crate::replicate::SnapshotSize>,
+    pub wait: bool,
+    pub progress: ProgressMode,
+    /// How each send's stream is written.
+    pub stream: SendOptions,
+    /// How a remote receiver is reached.
+    pub receiver: ReceiverOptions,
+    pub verbosity: Verbosity,
 }
 
 /// Finish a `--stdout` dump that was cut short, in place.
@@ -276,6 +337,7 @@ impl Config {
                 | Config::Info(_)
                 | Config::Verify(_)
                 | Config::VerifyServe(_)
+                | Config::Replicate(ReplicateConfig { dest: None, .. })
                 | Config::Send(SendConfig {
                     target: SendTarget::Stdout,
                     ..
@@ -344,6 +406,9 @@ impl Cli {
                 input: i.input,
                 json: i.json,
             }));
+        }
+        if let Some(Command::Replicate(r)) = self.command {
+            return replicate_config(r);
         }
         if let Some(Command::Changes(c)) = self.command {
             let offline = c.source.offline()?;
@@ -509,6 +574,55 @@ impl Cli {
     }
 }
 
+fn replicate_config(r: ReplicateArgs) -> Result<Config> {
+    let mut paths = r.paths.into_iter();
+    let (vg, lv) = crate::replicate::split_lv(
+        &paths
+            .next()
+            .ok_or_else(|| usage("replicate: no volume (VG/LV) specified"))?,
+    )?;
+    let dest = paths.next();
+    if let Some(extra) = paths.next() {
+        return Err(usage(format!("unexpected argument '{extra}'")));
+    }
+    if r.status && dest.is_some() {
+        return Err(usage("replicate --status takes only VG/LV"));
+    }
+    if !r.status && dest.is_none() {
+        return Err(usage("replicate: no destination specified"));
+    }
+    let verbosity = match (r.quiet, r.verbose) {
+        (true, _) => Verbosity::Quiet,
+        (false, true) => Verbosity::Verbose,
+        (false, false) => Verbosity::Normal,
+    };
+    let receiver = ReceiverOptions {
+        snapback: None,
+        force: false,
+        rsh: r.rsh,
+        remote_path: r.remote_path,
+        session: true,
+    };
+    if let Some(Address::Remote { host, path }) = dest.as_deref().map(parse_destination) {
+        remote_command(&host, &path, &receiver, verbosity)?;
+    }
+    Ok(Config::Replicate(ReplicateConfig {
+        vg,
+        lv,
+        dest,
+        snapshot_size: r.snapshot_size,
+        wait: r.wait,
+        progress: r.progress,
+        stream: SendOptions {
+            format: Format::V4,
+            compress: r.compress.then_some(1),
+            queue_depth: 32,
+        },
+        receiver,
+        verbosity,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -589,6 +703,26 @@ mod tests {
     }
 
     #[test]
+    fn replicate_parses() {
+        match config(&["replicate", "-z", "--wait", "/dev/vg/lv", "b@host:/dev/x"]).unwrap() {
+            Config::Replicate(c) => {
+                assert_eq!((c.vg.as_str(), c.lv.as_str()), ("vg", "lv"));
+                assert_eq!(c.dest.as_deref(), Some("b@host:/dev/x"));
+                assert!(c.wait && c.receiver.session);
+                assert_eq!(c.stream.format, Format::V4);
+                assert_eq!(c.stream.compress, Some(1));
+            }
+            c => panic!("{c:?}"),
+        }
+        let status = config(&["replicate", "--status", "vg/lv"]).unwrap();
+        assert!(status.writes_stdout());
+        assert!(matches!(
+            status,
+            Config::Replicate(ReplicateConfig { dest: None, .. })
+        ));
+    }
+
+    #[test]
     fn offline_sources_parse() {
         match config(&["--stdout", "--cow", "c.img", "--data-source", "o.img"]).unwrap() {
             Config::Send(SendConfig {
@@ -635,6 +769,14 @@ mod tests {
             &["--full", "--base-source", "b", "/dev/vg/snap", "/dev/x"],
             &["--full", "/dev/vg/snap"],
             &["--full", "--format", "3", "-z", "/dev/vg/snap", "/dev/x"],
+            &["replicate"],
+            &["replicate", "vg/lv"],
+            &["replicate", "lv", "/dev/x"],
+            &["replicate", "vg/lv", "/dev/x", "/dev/y"],
+            &["replicate", "--status", "vg/lv", "/dev/x"],
+            &["replicate", "-q", "-v", "vg/lv", "/dev/x"],
+            &["replicate", "vg/lv", "host:-rf"],
+            &["replicate", "--snapshot-size", "0", "vg/lv", "/dev/x"],
         ] {
             assert!(
                 matches!(config(args), Err(Error::Usage(_))),

@@ -13,7 +13,8 @@
 //! LVM's and device-mapper's tools), [`blockdev`] (opening rules, sizes, aligned buffers),
 //! [`parallel`] (a pool of threads with many reads in flight), [`progress`] (a bar or JSON
 //! lines), [`error`], [`exit`] (the exit statuses) and [`msg`]. [`inspect`] reads a stream
-//! through without applying it (`lvmsync info`).
+//! through without applying it (`lvmsync info`); [`replicate`] keeps a copy current with
+//! rotating snapshots (`lvmsync replicate`).
 
 pub mod apply;
 pub mod blockdev;
@@ -29,6 +30,7 @@ pub mod lvm;
 pub mod msg;
 pub mod parallel;
 pub mod progress;
+pub mod replicate;
 pub mod send;
 pub mod session;
 pub mod source;

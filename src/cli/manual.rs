@@ -104,6 +104,26 @@ pub const DESCRIPTION: Section = Section {
                 "Compare SOURCE with DEST, local or on HOST, and list the ranges where they \
                  differ: see CHECKING THE RESULT.",
             ),
+            (
+                "lvmsync replicate [OPTIONS] VG/LV [HOST:]DEST",
+                "Keep DEST a copy of VG/LV, one run per update: the first run snapshots the \
+                 volume and sends the whole snapshot; each later run snapshots it again, sends \
+                 the changes since the previous run's snapshot (its base) read from the new one, \
+                 so DEST is one point in time, then removes the old base. Thin LVs get thin \
+                 snapshots; others classic ones of --snapshot-size (default 20% of the LV, at \
+                 least 64 MiB, at most the LV), refused if the volume group lacks the room. The \
+                 state is kept in LVM, as tags on the snapshots (lvmsync-base:DEST, \
+                 lvmsync-pending:DEST, lvmsync-retired:DEST, DEST as spelled, characters LVM does \
+                 not allow in tags as =XX), so each DEST has its own base. A run interrupted at \
+                 any point is finished by the next one; a classic base that overflowed makes the \
+                 next run copy the whole volume, saying so. Runs on one LV never overlap: a \
+                 second one is refused (--wait waits for the first).",
+            ),
+            (
+                "lvmsync replicate --status VG/LV",
+                "List the destinations of VG/LV: each with its base snapshot, when that was \
+                 taken and how full a classic one is, and snapshots an interrupted run left.",
+            ),
         ]),
         Block::Text(
             "Offline change sources stand in for SNAPSHOT in every form, for forensics, tests or \
@@ -120,8 +140,12 @@ pub const WORKFLOW: Section = Section {
     blocks: &[
         Block::Text(
             "Moving /dev/vg/lv from host A to host B, where a volume of the same size exists as \
-             /dev/vg/lv on B:",
+             /dev/vg/lv on B. The simple way: run lvmsync replicate while the service keeps \
+             running (the first run copies the whole volume, later ones what changed), stop the \
+             service, run it once more, start the service on B:",
         ),
+        Block::Commands(&["lvmsync replicate vg/lv B:/dev/vg/lv"]),
+        Block::Text("The same, step by step:"),
         Block::Text("1. On A, snapshot the volume (a classic snapshot, or a thin one):"),
         Block::Commands(&[
             "lvcreate --snapshot -L 10G -n lv-snap vg/lv",
@@ -341,6 +365,13 @@ pub const EXAMPLES: &[Example] = &[
         commands: &[
             "lvmsync changes /dev/vg/lv-snap",
             "lvmsync --dry-run /dev/vg/lv-snap B:/dev/vg/lv",
+        ],
+    },
+    Example {
+        what: "Keep a copy on host B current (run it again for each update), and see its base:",
+        commands: &[
+            "lvmsync replicate vg/lv B:/dev/vg/lv",
+            "lvmsync replicate --status vg/lv",
         ],
     },
     Example {

@@ -7,12 +7,14 @@
 //! - [`changes`]: `lvmsync changes SNAPSHOT`, the changed ranges as text;
 //! - [`info`]: `lvmsync info FILE|-`, a stream described and verified;
 //! - [`resume`]: `lvmsync --stdout --resume FILE SNAPSHOT`, a dump cut short finished in place;
-//! - [`verify`]: `lvmsync verify SOURCE [HOST:]DEST`, the differing ranges as text.
+//! - [`verify`]: `lvmsync verify SOURCE [HOST:]DEST`, the differing ranges as text;
+//! - [`replicate`]: `lvmsync replicate VG/LV [HOST:]DEST`, a copy kept current.
 
 pub mod apply;
 pub mod changes;
 pub mod full;
 pub mod info;
+pub mod replicate;
 pub mod resume;
 pub mod send;
 pub mod verify;
@@ -33,5 +35,6 @@ pub fn run(config: Config) -> Result<Exit> {
         Config::Resume(config) => done(resume::run(config)),
         Config::Verify(config) => verify::run(&config),
         Config::VerifyServe(config) => verify::serve(&config),
+        Config::Replicate(config) => done(replicate::run(config)),
     }
 }

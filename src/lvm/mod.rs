@@ -3,8 +3,10 @@
 //! LVM's own report (`lvs --reportformat json`) says what an LV is; device-mapper tables say
 //! which devices back it. Device names are never built by hand (LVM doubles `-` in names):
 //! every device is found by its `major:minor` through `/sys/dev/block/MAJ:MIN/dm/name`.
+//! [`manage`] changes LVM's state (snapshots made, tagged and removed) for `lvmsync replicate`.
 
 pub mod dm;
+pub mod manage;
 pub mod report;
 pub mod tools;
 

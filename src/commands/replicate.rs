@@ -1,0 +1,157 @@
+//! `lvmsync replicate VG/LV [HOST:]DEST`: one round of keeping DEST a copy of VG/LV
+//! ([`crate::replicate`]), each send made as `lvmsync --full` or `lvmsync --data-source` would;
+//! `lvmsync replicate --status VG/LV`: its destinations.
+
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use crate::cli::{ReplicateConfig, SendConfig};
+use crate::error::{Error, IoContext, Named, Result, STDOUT_WRITE};
+use crate::lvm::manage::SystemLvm;
+use crate::msg::Verbosity;
+use crate::replicate::{
+    self, origin_lv, LvLock, Outcome, Request, Role, Step, Transfer, LOCK_DIR, STOPPED_STATUS,
+    STOP_ENV,
+};
+use crate::source::ChangeSourceSpec;
+use crate::transport::SendTarget;
+
+pub fn run(config: ReplicateConfig) -> Result<()> {
+    let lvm = SystemLvm;
+    let Some(dest) = config.dest.clone() else {
+        return print_status(&lvm, &config);
+    };
+    let stop_after = match std::env::var(STOP_ENV) {
+        Ok(s) => Some(Step::parse(&s).ok_or_else(|| {
+            Error::Usage(format!(
+                "{STOP_ENV}={s}: expected snapshot, send, retire or retag"
+            ))
+        })?),
+        Err(_) => None,
+    };
+    let name = format!("{}/{}", config.vg, config.lv);
+    let origin = origin_lv(&lvm, &config.vg, &config.lv)?;
+    let _lock = LvLock::take(Path::new(LOCK_DIR), &origin.uuid, &name, config.wait)?;
+    let request = Request {
+        vg: config.vg.clone(),
+        lv: config.lv.clone(),
+        dest: dest.clone(),
+        snapshot_size: config.snapshot_size,
+        verbosity: config.verbosity,
+    };
+    let mut send = |t: &Transfer| {
+        let (source, data_source, full) = match t {
+            Transfer::Full { snapshot } => (snapshot.clone(), None, true),
+            Transfer::Changes { base, data } => (base.clone(), Some(data.clone()), false),
+        };
+        let send = SendConfig {
+            source: ChangeSourceSpec::Snapshot(source),
+            data_source,
+            base_source: None,
+            no_check: false,
+            full,
+            dry_run: false,
+            progress: config.progress,
+            target: SendTarget::Dest(dest.clone()),
+            stream: config.stream.clone(),
+            receiver: config.receiver.clone(),
+            verbosity: config.verbosity,
+        };
+        if full {
+            super::full::run(send)
+        } else {
+            super::send::run(send)
+        }
+    };
+    let stop = |s: Step| stop_after == Some(s);
+    match replicate::replicate(&lvm, &request, &mut send, &stop)? {
+        Outcome::Done { base, full } => {
+            if config.verbosity >= Verbosity::Normal {
+                crate::say!(
+                    "lvmsync: {dest} now holds {base}{}, its base for the next run",
+                    if full { " (a whole copy)" } else { "" }
+                );
+            }
+            Ok(())
+        }
+        Outcome::Stopped(step) => {
+            crate::say!(
+                "lvmsync: stopped after step {} ({STOP_ENV}), as a crash there would",
+                step.name()
+            );
+            std::process::exit(STOPPED_STATUS.into());
+        }
+    }
+}
+
+fn print_status(lvm: &SystemLvm, config: &ReplicateConfig) -> Result<()> {
+    let dests = replicate::status(lvm, &config.vg, &config.lv)?;
+    if dests.is_empty() {
+        if config.verbosity >= Verbosity::Normal {
+            crate::say!(
+                "lvmsync: {}/{} has no replicate destinations",
+                config.vg,
+                config.lv
+            );
+        }
+        return Ok(());
+    }
+    let mut out = BufWriter::new(Named::new(io::stdout().lock(), STDOUT_WRITE));
+    let mut rows = vec![[
+        "DEST".to_string(),
+        "BASE".into(),
+        "CREATED".into(),
+        "FILL".into(),
+    ]];
+    let fill = |f: Option<f64>, invalid: bool| match (invalid, f) {
+        (true, _) => "invalid".to_string(),
+        (false, Some(f)) => format!("{f:.2}%"),
+        (false, None) => "-".into(),
+    };
+    let mut notes = Vec::new();
+    for d in &dests {
+        match &d.base {
+            Some(b) => rows.push([
+                d.dest.clone(),
+                b.full_name(),
+                b.time.clone(),
+                fill(b.fill_percent, b.invalid),
+            ]),
+            None => rows.push([d.dest.clone(), "-".into(), "-".into(), "-".into()]),
+        }
+        for (role, s) in &d.unfinished {
+            let what = match role {
+                Role::Pending => "being sent by an unfinished run",
+                Role::Retired => "a replaced base not yet removed",
+                Role::Base => "a second base (remove its tag from the wrong one)",
+            };
+            notes.push(format!(
+                "{}: {} ({}, {}), {what}; the next run finishes it",
+                d.dest,
+                s.full_name(),
+                s.time,
+                fill(s.fill_percent, s.invalid)
+            ));
+        }
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let line = format!(
+            "{:w0$}  {:w1$}  {:w2$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
+        writeln!(out, "{}", line.trim_end()).ctx(|| STDOUT_WRITE.into())?;
+    }
+    for n in notes {
+        writeln!(out, "{n}").ctx(|| STDOUT_WRITE.into())?;
+    }
+    out.flush().ctx(|| STDOUT_WRITE.into())
+}

@@ -67,10 +67,10 @@ pub const DESCRIPTION: Section = Section {
                 "lvmsync [OPTIONS] --full SNAPSHOT [HOST:]DEST|--stdout",
                 "The first copy: the whole of SNAPSHOT as it was when it was taken, to DEST or \
                  standard output, in the same stream formats. All-zero stretches go as zero \
-                 ranges (and a thin snapshot's unmapped blocks are not even read), so DEST \
-                 allocates about what SNAPSHOT holds. A block device or image file can stand \
-                 in for SNAPSHOT, but it must not change during the copy: copy a snapshot of a \
-                 volume in use.",
+                 ranges (a thin snapshot's unmapped blocks and an image's holes are not even \
+                 read), so DEST allocates about what SNAPSHOT holds. A block device or image \
+                 file can stand in for SNAPSHOT, but it must not change during the copy: copy \
+                 a snapshot of a volume in use.",
             ),
             (
                 "lvmsync [OPTIONS] --stdout --resume FILE SNAPSHOT",

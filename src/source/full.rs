@@ -9,11 +9,12 @@
 //!   Its blocks that no pool block backs read as zeros: the pool's mapping tree (read through
 //!   a held metadata snapshot) lists them, and they are sent as zero ranges without being read.
 //! - Anything else (a block device that is not a snapshot, an image file) is read as it is; it
-//!   must not change while it is copied.
+//!   must not change while it is copied. An image file's holes (asked for with SEEK_DATA and
+//!   SEEK_HOLE) are zero ranges, not read.
 
 use std::path::{Path, PathBuf};
 
-use crate::blockdev::Device;
+use crate::blockdev::{Device, DeviceKind};
 use crate::error::{Error, Result};
 use crate::extent::{Extent, ExtentList};
 use crate::lvm::{self, ClassicSnapshot, Snapshot, ThinSnapshot};
@@ -152,12 +153,17 @@ fn thin_snapshot(s: ThinSnapshot) -> Result<FullSource> {
 }
 
 fn plain(path: &Path) -> Result<FullSource> {
-    let volume_bytes = Device::open_read(path)?.size;
+    let dev = Device::open_read(path)?;
+    let volume_bytes = dev.size;
+    let extents = match dev.kind {
+        DeviceKind::RegularFile => file_extents(&dev.file, volume_bytes),
+        DeviceKind::BlockDevice => whole(volume_bytes),
+    };
     Ok(FullSource {
         read_path: path.to_owned(),
         volume_bytes,
         chunk_bytes: PLAIN_CHUNK_BYTES,
-        extents: whole(volume_bytes),
+        extents,
         identity: identity(
             KIND,
             None,
@@ -170,4 +176,72 @@ fn plain(path: &Path) -> Result<FullSource> {
         classic: None,
         view: None,
     })
+}
+
+/// A regular file of `bytes` as its data and its holes (which read as zeros). A file system
+/// that cannot tell says it is all data.
+fn file_extents(file: &std::fs::File, bytes: u64) -> ExtentList {
+    use rustix::fs::{seek, SeekFrom};
+    let mut extents = Vec::new();
+    let mut pos = 0;
+    while pos < bytes {
+        let data = match seek(file, SeekFrom::Data(pos)) {
+            Ok(d) => d.min(bytes),
+            // No data after `pos`: a hole to the end.
+            Err(rustix::io::Errno::NXIO) => bytes,
+            Err(_) => return whole(bytes),
+        };
+        if data > pos {
+            extents.push(Extent::zero(pos, data - pos));
+        }
+        if data >= bytes {
+            break;
+        }
+        let hole = match seek(file, SeekFrom::Hole(data)) {
+            Ok(h) => h.clamp(data + 1, bytes),
+            Err(_) => bytes,
+        };
+        extents.push(Extent::data(data, hole - data));
+        pos = hole;
+    }
+    ExtentList::from_extents(extents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extent::ExtentKind;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn an_image_files_holes_are_zero_extents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let f = std::fs::File::create(&path).unwrap();
+        let mib = 1 << 20;
+        f.set_len(16 * mib).unwrap();
+        f.write_all_at(&[1u8; 4096], 2 * mib).unwrap();
+        f.write_all_at(&[2u8; 8192], 9 * mib).unwrap();
+        f.sync_all().unwrap();
+        let got = resolve_full(&path).unwrap();
+        assert_eq!(got.volume_bytes, 16 * mib);
+        assert_eq!(got.what, path.display().to_string());
+        let want = ExtentList::from_extents([
+            Extent::data(2 * mib, 4096),
+            Extent::data(9 * mib, 8192),
+            Extent::zero(0, 16 * mib),
+        ]);
+        assert_eq!(got.extents, want);
+        // Data to the end, and no hole at all.
+        f.write_all_at(&[3u8; 4096], 16 * mib - 4096).unwrap();
+        std::fs::write(dir.path().join("full"), vec![5u8; 3 * 4096 + 10]).unwrap();
+        assert_eq!(
+            resolve_full(&path).unwrap().extents.bytes(ExtentKind::Data),
+            4 * 4096
+        );
+        assert_eq!(
+            resolve_full(&dir.path().join("full")).unwrap().extents,
+            whole(3 * 4096 + 10)
+        );
+    }
 }

@@ -39,10 +39,10 @@ use crate::stream::{
 /// All-zero stretches are found at this granularity, aligned to the volume: 64 KiB is the
 /// usual thin-pool block, so on a thin destination a zero range frees or skips whole blocks.
 pub const ZERO_GRANULE: u64 = 64 << 10;
-/// Reads in flight at most: a first copy reads sequentially in [`READ_PIECE`]s, and 16 of them
-/// keep any single device busy while memory stays bounded (each slot holds a piece and its
-/// encoded records).
-pub const MAX_DEPTH: usize = 16;
+/// Reads in flight at most: a first copy reads sequentially in [`READ_PIECE`]s, and 8 of them
+/// keep a device streaming while memory stays small (each slot holds a piece and its encoded
+/// records).
+pub const MAX_DEPTH: usize = 8;
 
 /// The volume to copy.
 pub struct FullCopy<'a> {

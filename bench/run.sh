@@ -4,9 +4,10 @@
 #
 #   bench/run.sh                 (BENCH_GIB=4: a 4 GiB origin; about 10 minutes on 2 cores)
 #   BENCH_GIB=1 bench/run.sh     (quick look)
-#   BENCH_ONLY="send apply" bench/run.sh   (some sections: device send apply e2e verify changes)
+#   BENCH_ONLY="send apply" bench/run.sh   (some sections: device send apply e2e verify changes full)
 #   BENCH_REPEAT=3 bench/run.sh  (best of 3 for every send, apply and fio figure; default 2)
 #   BENCH_E2E=4k-10% bench/run.sh (the change set the end-to-end rows sync; default 4k-1%)
+#   BENCH_FULL_GIB=1 bench/run.sh (size of the first-copy images; default 2)
 #
 # Work files live in bench/out/ (git-ignored; about 3 x BENCH_GIB GiB of disk). Tools: fio,
 # rsync, sshd (scripts/setup-host.sh --bench). The table is printed at the end and kept in
@@ -35,7 +36,7 @@ mkdir -p "$OUT/bin"
 cp target/release/lvmsync target/release/examples/make_cow_store "$OUT/bin/"
 LVMSYNC=$OUT/bin/lvmsync
 GEN=$OUT/bin/make_cow_store
-ONLY=${BENCH_ONLY:-device send apply e2e verify changes}
+ONLY=${BENCH_ONLY:-device send apply e2e verify changes full}
 REPEAT=${BENCH_REPEAT:-2}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 
@@ -254,6 +255,62 @@ want changes && for cache in cold warm; do
   timed t sh -c '"$0" changes --cow "$1" >/dev/null' "$LVMSYNC" "$OUT/1M.cow"
   record changes "1M exceptions (4 KiB chunks)" $cache 0 "$t" ""
 done
+
+# ---------------------------------------------------------------- first copy (--full)
+# A whole image copied by dd and by lvmsync --full: an image full of data, and a sparse one
+# (1 MiB of data in every 20, the rest holes). The destination is either "used", a file fully
+# written with other data as a used LV is (rewritten before a run whenever a copy left holes
+# in it), or "fresh", a sparse file never written, as a new thin LV is. The reference is the
+# fairest dd: 4 MiB blocks, O_DIRECT on both sides (no page cache, as lvmsync reads), fsync at
+# the end (as lvmsync's receiver does). Files in bench/out/full/.
+bench_full() {
+  local gib=${BENCH_FULL_GIB:-2} dir=$OUT/full
+  local bytes=$((gib << 30))
+  local stamp="$gib $(sha256sum examples/make_cow_store.rs | cut -c1-16)"
+  mkdir -p "$dir"
+  if [[ ! -f $dir/stamp || $(cat "$dir/stamp") != "$stamp" ]]; then
+    log "generating $gib GiB images for the first copy"
+    rm -f "$dir"/*.img "$dir/stamp"
+    "$GEN" image "$dir/data.img" $bytes 2
+    truncate -s $bytes "$dir/sparse.img"
+    local m
+    for ((m = 0; m < gib * 1024; m += 20)); do
+      dd if="$dir/data.img" of="$dir/sparse.img" bs=1M skip=$m seek=$m count=1 conv=notrunc status=none
+    done
+    echo "$stamp" >"$dir/stamp"
+  fi
+  FULL_DEST=$dir/dest.img
+  FULL_BYTES=$bytes
+  # used_dest: the destination fully written (with data other than the images').
+  used_dest() {
+    if [[ ! -f $FULL_DEST || $(($(stat -c '%b * %B' "$FULL_DEST"))) -lt $FULL_BYTES ]]; then
+      rm -f "$FULL_DEST"
+      "$GEN" image "$FULL_DEST" "$FULL_BYTES" 3
+    fi
+    drop "$FULL_SRC" "$FULL_DEST"
+  }
+  # fresh_dest: a destination never written.
+  fresh_dest() {
+    rm -f "$FULL_DEST"
+    truncate -s "$FULL_BYTES" "$FULL_DEST"
+    drop "$FULL_SRC"
+  }
+  local img dest t
+  for dest in used fresh; do
+    for img in data sparse; do
+      FULL_SRC=$dir/$img.img
+      best t ${dest}_dest dd if="$FULL_SRC" of="$FULL_DEST" bs=4M iflag=direct oflag=direct \
+        conv=notrunc,fsync status=none
+      record full "dd $img, $dest dest" cold $bytes "$t" ""
+      best t ${dest}_dest "$LVMSYNC" -q --full "$FULL_SRC" "$FULL_DEST"
+      cmp "$FULL_SRC" "$FULL_DEST" || { echo "bench: --full copy differs from $FULL_SRC" >&2; exit 1; }
+      record full "lvmsync --full $img, $dest dest" cold $bytes "$t" \
+        "full/dd $img, $dest dest/cold"
+    done
+  done
+  rm -f "$FULL_DEST"
+}
+want full && bench_full
 
 FOOTER="end $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
 log "$FOOTER"

@@ -11,6 +11,13 @@
 //!   a crash at any point the snapback, cut wherever the crash left it, restores every range
 //!   that was overwritten: a cut snapback is applied up to its last complete record (its tail
 //!   is at most [`v4::MAX_SNAPBACK_TAIL`] bytes, since it is made durable at least that often);
+//! - the snapback's records never overlap, so that they restore the destination exactly in
+//!   whatever order they come: each batch's records are saved in increasing order, batches in
+//!   the order of the stream, which may go back and forth (Ruby lvmsync sends format 3 records
+//!   unsorted). A format 3 stream whose records overlap is refused with a snapback, at the first
+//!   record that overlaps an earlier one, before any of it is written; the bytes its records
+//!   covered are tracked for that ([`coverage`], bounded memory). Format 4 needs no tracking:
+//!   the reader refuses overlapping records itself;
 //! - the snapback file is created (mode 0600 or stricter), with its header, durable and its
 //!   directory entry synced before anything else is written; it may not be the destination;
 //! - the destination and the snapback are fsynced before success is reported.
@@ -24,8 +31,11 @@
 //!
 //! Memory: [`BATCHES`] batches circulate, each holding at most [`BATCH_HELD_BYTES`] (plus one
 //! piece) of new data and saved old contents together; records are cut into pieces of at most
-//! [`PIECE_BYTES`] so that neither a large record nor a large zero range (whose old contents the
-//! snapback must hold) can grow a batch.
+//! [`PIECE_BYTES`] (at multiples of it, so that pieces of a record aligned to 4 KiB stay
+//! aligned) so that neither a large record nor a large zero range (whose old contents the
+//! snapback must hold) can grow a batch. Tracking a format 3 stream's ranges takes at most
+//! 1 MiB of bitmap (then a temporary file beside the snapback) and
+//! [`MAX_UNALIGNED_RANGES`] ranges not aligned to 4 KiB.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -43,8 +53,12 @@ use crate::error::{Error, IoContext, Result};
 use crate::extent::ExtentKind;
 use crate::parallel;
 use crate::session::{Done, Message, Plan};
+use crate::stream::coverage::{self, Coverage, Refusal};
 use crate::stream::manifest::{self, ChangesDigest, StreamIdentity};
-use crate::stream::{v4, Record, SnapbackCut, StreamError, StreamInfo, StreamReader, StreamTotals};
+use crate::stream::{
+    v4, Format, Record, SnapbackCut, StreamError, StreamInfo, StreamReader, StreamTotals,
+    MAX_RECORD_ACCEPTED,
+};
 
 mod check;
 mod snapback;
@@ -63,6 +77,17 @@ const BATCH_RECORDS: usize = 65536;
 const BATCHES: usize = 3;
 /// Reads or writes in flight at once.
 const QUEUE_DEPTH: usize = 32;
+
+/// The most separate ranges not aligned to 4 KiB that the records of a format 3 stream applied
+/// with a snapback may make (hand-made streams only: LVM's chunks are aligned).
+const MAX_UNALIGNED_RANGES: usize = v4::SNAPBACK_MAX_UNALIGNED / 16;
+
+// A reader of the snapback tracks the same ranges, plus at most two for each record of the
+// batch it is reading (a batch holds at most BATCH_RECORDS records, plus the pieces of one).
+const _: () = assert!(
+    MAX_UNALIGNED_RANGES + 2 * (BATCH_RECORDS + MAX_RECORD_ACCEPTED / PIECE_BYTES + 1)
+        <= v4::SNAPBACK_MAX_UNALIGNED
+);
 
 // A batch's snapback records (old contents plus a header per piece) must fit in the tail a
 // reader accepts from a snapback cut short by a crash.
@@ -273,8 +298,16 @@ fn apply_write_ahead<R: Read>(
         )?),
         None => None,
     };
-    let keep_snapback = snapback.is_some();
-    let mut written = WrittenRanges::default();
+    // Format 3 records come in any order: those of a stream applied with a snapback are
+    // tracked, and one that overlaps an earlier one is refused (the snapback would not restore
+    // the bytes both cover). Format 4 readers refuse overlaps themselves.
+    let mut covered = match &opts.snapback {
+        Some(path) if report.info.format == Format::V3 => Some((
+            Coverage::new(Some(snapback::parent_of(path)), MAX_UNALIGNED_RANGES),
+            path,
+        )),
+        _ => None,
+    };
     let (interrupted, snapback_totals) = write_pipeline(target, snapback, |filler| {
         if let Some((at, e)) = pending {
             return snapback_cut(reader, at, e);
@@ -296,12 +329,30 @@ fn apply_write_ahead<R: Read>(
                 }
             };
             target.check_bounds(offset, len)?;
-            if keep_snapback {
-                written.insert_disjoint(offset, len).map_err(|_| {
+            if let Some((covered, path)) = covered.as_mut() {
+                let refused = |why: String| {
                     Error::Invalid(format!(
-                        "record at byte {offset} overlaps an earlier record: cannot keep an exact snapback for this stream"
+                        "record at stream byte {at} ({len} bytes at byte {offset} of the volume) {why}: no exact snapback can be kept for this stream (without --snapback it applies, later records winning); nothing of it was written, and the snapback {} restores what was",
+                        path.display()
                     ))
-                })?;
+                };
+                let taken = covered
+                    .insert(offset, len)
+                    .map_err(|e| Error::io("tracking the ranges of the stream's records", e))?;
+                match taken {
+                    Ok(()) => {}
+                    Err(Refusal::Overlap { at: first }) => {
+                        return Err(refused(format!(
+                            "overlaps an earlier record from byte {first}"
+                        )))
+                    }
+                    Err(Refusal::TooManyUnaligned { max }) => {
+                        return Err(refused(format!(
+                            "makes more than {max} separate ranges that do not start or end on a {}-byte boundary",
+                            coverage::UNIT
+                        )))
+                    }
+                }
             }
             filler.push(&record)?;
         }
@@ -666,22 +717,23 @@ impl Filler<'_> {
         let keep = self.keep_snapback;
         match *record {
             Record::Data { offset, data } => {
-                for (i, piece) in data.chunks(PIECE_BYTES).enumerate() {
-                    let at = offset + (i * PIECE_BYTES) as u64;
-                    self.make_room(at, piece.len() as u64)?;
-                    self.batch().push_data(at, piece, keep);
+                for (at, n) in pieces(offset, data.len() as u64) {
+                    let from = (at - offset) as usize;
+                    self.make_room(at, n)?;
+                    self.batch()
+                        .push_data(at, &data[from..from + n as usize], keep);
+                }
+            }
+            Record::Zero { offset, len } if keep => {
+                // The snapback must hold a zero range's old contents: cut it like data.
+                for (at, n) in pieces(offset, len) {
+                    self.make_room(at, n)?;
+                    self.batch().push_zero(at, n, keep);
                 }
             }
             Record::Zero { offset, len } => {
-                // The snapback must hold a zero range's old contents: cut it like data.
-                let piece = if keep { PIECE_BYTES as u64 } else { len };
-                let mut done = 0;
-                while done < len {
-                    let n = (len - done).min(piece);
-                    self.make_room(offset + done, n)?;
-                    self.batch().push_zero(offset + done, n, keep);
-                    done += n;
-                }
+                self.make_room(offset, len)?;
+                self.batch().push_zero(offset, len, keep);
             }
             // Only data and zero records change the destination.
             Record::Identity(_) | Record::Manifest(_) | Record::Resolution(_) => {}
@@ -722,6 +774,25 @@ impl Filler<'_> {
     fn finish(mut self) -> Result<()> {
         self.hand_over()
     }
+}
+
+/// `[offset, offset + len)` cut at the multiples of [`PIECE_BYTES`]: (offset, len) of each
+/// piece. Cutting at fixed places keeps the pieces of an aligned record aligned, and makes
+/// every piece boundary a 4 KiB boundary.
+fn pieces(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
+    let end = offset + len;
+    let mut at = offset;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let next = (at / PIECE_BYTES as u64 + 1)
+            .saturating_mul(PIECE_BYTES as u64)
+            .min(end);
+        let piece = (at, next - at);
+        at = next;
+        Some(piece)
+    })
 }
 
 struct Target {
@@ -987,13 +1058,17 @@ impl Batch {
         self.sorted_end = Some(0);
     }
 
-    /// Saves the old contents of every range in the batch to the snapback and makes them
-    /// durable (before [`Batch::write`] overwrites them).
+    /// Saves the old contents of every range in the batch to the snapback, in increasing
+    /// order, and makes them durable (before [`Batch::write`] overwrites them).
     fn save_old(&mut self, target: &Target, snapback: &mut Snapback) -> Result<()> {
         let old_at = self.read_old(target)?;
-        for (op, &at) in self.ops.iter().zip(&old_at) {
-            let (offset, len) = op.range();
-            snapback.save(offset, self.bytes(at, len as usize))?;
+        let mut order: Vec<usize> = (0..self.ops.len()).collect();
+        if self.sorted_end.is_none() {
+            order.sort_unstable_by_key(|&i| self.ops[i].range().0);
+        }
+        for i in order {
+            let (offset, len) = self.ops[i].range();
+            snapback.save(offset, self.bytes(old_at[i], len as usize))?;
         }
         snapback.make_durable()
     }

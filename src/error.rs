@@ -114,7 +114,8 @@ impl std::error::Error for Described {
     }
 }
 
-fn describe(context: String, source: io::Error) -> io::Error {
+/// An `io::Error` of the same kind that says what was being done to which path.
+pub(crate) fn describe(context: String, source: io::Error) -> io::Error {
     io::Error::new(source.kind(), Described { context, source })
 }
 

@@ -53,6 +53,8 @@ pub fn stream(data: &[u8]) {
     };
     let info = reader.info().clone();
     let mut next_min = 0u64;
+    // A snapback's records come in any order but never overlap: start -> end of each.
+    let mut seen = std::collections::BTreeMap::new();
     loop {
         match reader.next_record() {
             Ok(Some(record)) => {
@@ -80,7 +82,16 @@ pub fn stream(data: &[u8]) {
                 };
                 let end = offset.checked_add(len).expect("record end overflows");
                 assert!(len > 0, "empty format 4 record at {offset}");
-                assert!(offset >= next_min, "format 4 record at {offset} overlaps");
+                if info.snapback {
+                    let before = seen.range(..end).next_back();
+                    assert!(
+                        !matches!(before, Some((_, &e)) if e > offset),
+                        "snapback record at {offset} overlaps an earlier one"
+                    );
+                    seen.insert(offset, end);
+                } else {
+                    assert!(offset >= next_min, "format 4 record at {offset} overlaps");
+                }
                 assert!(
                     end <= info.source_bytes.unwrap(),
                     "format 4 record ends past the source"

@@ -1,5 +1,6 @@
 //! `kill -9` at random moments of `--apply --snapback`: each time, applying the snapback left
-//! behind restores the destination's exact bytes and exits 0.
+//! behind restores the destination's exact bytes and exits 0. Streams: format 4 with and
+//! without a manifest, and format 3 with its records unsorted, as Ruby lvmsync sends them.
 
 mod common;
 
@@ -44,6 +45,38 @@ fn make_stream() -> Vec<u8> {
     w.finish().unwrap().0
 }
 
+/// The same changes as [`make_stream`], as Ruby lvmsync 3.x sends them: format 3 (zero ranges as
+/// data), one record per 64 KiB chunk, in a shuffled order (its exception table's).
+fn make_unsorted_v3_stream() -> Vec<u8> {
+    use lvmsync::stream::{Record, StreamReader};
+    let plain = make_stream();
+    let mut chunks = Vec::new();
+    let mut r = StreamReader::open(&plain[..]).unwrap();
+    while let Some(rec) = r.next_record().unwrap() {
+        let (offset, data) = match rec {
+            Record::Data { offset, data } => (offset, data.to_vec()),
+            Record::Zero { offset, len } => (offset, vec![0u8; len as usize]),
+            _ => continue,
+        };
+        for (i, chunk) in data.chunks(65536).enumerate() {
+            chunks.push((offset + i as u64 * 65536, chunk.to_vec()));
+        }
+    }
+    let mut rng = Rng(0x5eed_3333);
+    for i in (1..chunks.len()).rev() {
+        chunks.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let mut out = lvmsync::stream::v3::HANDSHAKE.to_vec();
+    for (offset, data) in chunks {
+        out.extend_from_slice(&lvmsync::stream::v3::record_header(
+            offset,
+            data.len() as u32,
+        ));
+        out.extend_from_slice(&data);
+    }
+    out
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -62,6 +95,16 @@ struct Outcomes {
     complete_snapback: usize,
     /// Kills that left DEST partly written (neither as before nor as after the sync).
     dest_half_written: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Format 4 without a manifest.
+    Plain,
+    /// Format 4 with a manifest (the apply is checked, and resumed after each kill).
+    Checked,
+    /// Format 3, unsorted.
+    UnsortedV3,
 }
 
 /// The same changes as [`make_stream`], as a stream with a manifest made against `before` (the
@@ -111,18 +154,19 @@ fn make_checked_stream(before: &[u8], dir: &Path) -> Vec<u8> {
 }
 
 /// Kills `--apply - DEST --snapback SB` at random moments while feeding it a stream, then rolls
-/// back; the original contents are put back on DEST before each run. With `checked`, the stream
-/// has a manifest, and after the rollback check the interrupted apply is also resumed from the
-/// stream file and must finish exactly.
-fn kill_and_roll_back(dest: &Path, dir: &Path, seed: u64, checked: bool) -> Outcomes {
+/// back; the original contents are put back on DEST before each run. With [`Kind::Checked`],
+/// the stream has a manifest, and after the rollback check the interrupted apply is also
+/// resumed from the stream file and must finish exactly.
+fn kill_and_roll_back(dest: &Path, dir: &Path, seed: u64, kind: Kind) -> Outcomes {
+    let checked = kind == Kind::Checked;
     // Batches of 1 MiB (a test knob, see src/apply.rs): a 20 MiB stream then spans many, so
     // that kills land between the writes of one and the next.
     let batch = ("LVMSYNC_TEST_BATCH_BYTES", (1u64 << 20).to_string());
     let before = common::pattern(SIZE as usize, seed);
-    let stream = if checked {
-        make_checked_stream(&before, dir)
-    } else {
-        make_stream()
+    let stream = match kind {
+        Kind::Plain => make_stream(),
+        Kind::Checked => make_checked_stream(&before, dir),
+        Kind::UnsortedV3 => make_unsorted_v3_stream(),
     };
     let stream_path = dir.join("stream");
     std::fs::write(&stream_path, &stream).unwrap();
@@ -273,7 +317,7 @@ fn kill_during_apply_to_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("dest");
     std::fs::write(&dest, vec![0u8; SIZE as usize]).unwrap();
-    let seen = kill_and_roll_back(&dest, dir.path(), 0x5eed_0001, false);
+    let seen = kill_and_roll_back(&dest, dir.path(), 0x5eed_0001, Kind::Plain);
     eprintln!("file: {seen:?}");
     assert!(
         seen.cut_snapback >= KILLS / 5,
@@ -287,7 +331,7 @@ fn kill_during_apply_to_a_loop_device() {
     let backing = dir.path().join("backing");
     std::fs::write(&backing, vec![0u8; SIZE as usize]).unwrap();
     let dev = common::LoopDevice::attach(&backing);
-    let seen = kill_and_roll_back(Path::new(&dev.0), dir.path(), 0x5eed_0002, false);
+    let seen = kill_and_roll_back(Path::new(&dev.0), dir.path(), 0x5eed_0002, Kind::Plain);
     eprintln!("loop device: {seen:?}");
     assert!(
         seen.cut_snapback >= KILLS / 5,
@@ -303,10 +347,26 @@ fn kill_during_checked_apply_then_roll_back_or_resume() {
     let backing = dir.path().join("backing");
     std::fs::write(&backing, vec![0u8; SIZE as usize]).unwrap();
     let dev = common::LoopDevice::attach(&backing);
-    let seen = kill_and_roll_back(Path::new(&dev.0), dir.path(), 0x5eed_0003, true);
+    let seen = kill_and_roll_back(Path::new(&dev.0), dir.path(), 0x5eed_0003, Kind::Checked);
     eprintln!("checked, loop device: {seen:?}");
     assert!(
         seen.dest_half_written >= KILLS / 10,
         "too few kills mid-write: {seen:?}"
+    );
+}
+
+/// An unsorted format 3 stream (Ruby lvmsync's), on a loop device: its snapback comes out of
+/// order, batch by batch, and still rolls back exactly after every kill.
+#[test]
+fn kill_during_apply_of_an_unsorted_format3_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing");
+    std::fs::write(&backing, vec![0u8; SIZE as usize]).unwrap();
+    let dev = common::LoopDevice::attach(&backing);
+    let seen = kill_and_roll_back(Path::new(&dev.0), dir.path(), 0x5eed_0004, Kind::UnsortedV3);
+    eprintln!("unsorted format 3, loop device: {seen:?}");
+    assert!(
+        seen.cut_snapback >= KILLS / 5,
+        "too few kills mid-apply: {seen:?}"
     );
 }

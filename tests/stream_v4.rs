@@ -161,8 +161,18 @@ mod raw {
 
     impl Raw {
         pub fn new(source_bytes: u64, compressed: bool) -> Raw {
+            Raw::with_flags(source_bytes, compressed, false)
+        }
+
+        /// A snapback (header flag bit 1) with `snapback`.
+        pub fn with_flags(source_bytes: u64, compressed: bool, snapback: bool) -> Raw {
             let mut bytes = b"lvmsync PROTO[4]\n".to_vec();
-            bytes.extend_from_slice(&v4::encode_header(source_bytes, 65536, compressed, false));
+            bytes.extend_from_slice(&v4::encode_header(
+                source_bytes,
+                65536,
+                compressed,
+                snapback,
+            ));
             Raw {
                 bytes,
                 totals: StreamTotals::default(),
@@ -336,6 +346,81 @@ fn overlapping_records_are_refused() {
     raw.data(0, &[1; 100]);
     raw.data(0, &[1; 100]);
     assert!(refusal(&raw.end()).contains("increasing and disjoint"));
+}
+
+/// A snapback's data and zero records may come in any order, as long as no two overlap (the
+/// writer leaves that to its caller); an ordinary stream's may not.
+#[test]
+fn snapback_records_may_come_in_any_order() {
+    let snapback_opts = WriterOptions {
+        snapback: true,
+        ..opts(1 << 20, None)
+    };
+    let recs = vec![
+        Rec::Data(65536, vec![3; 100]),
+        Rec::Zero(4096, 8192),
+        Rec::Data(0, vec![1; 4096]),
+        Rec::Data(12288, vec![2; 5]),
+        Rec::Zero(65636, 1000),
+    ];
+    let (bytes, _) = write(&snapback_opts, &recs);
+    assert_eq!(read_all(&bytes).unwrap().0, recs);
+
+    let mut raw = Raw::new(1 << 20, false);
+    raw.data(65536, &[3; 100]);
+    let second_at = raw.bytes.len();
+    raw.data(0, &[1; 10]);
+    let m = refusal(&raw.end());
+    assert!(
+        m.contains(&format!("data record at stream byte {second_at}")) && m.contains("increasing"),
+        "{m}"
+    );
+}
+
+/// A snapback record that overlaps an earlier one, before or after it, aligned or not, is
+/// refused at its stream byte, naming the first byte both cover; and such a complete record is
+/// damage even at the end of a snapback cut short, never the mark of an interrupted apply.
+#[test]
+fn overlapping_snapback_records_are_refused() {
+    let cases: [(&[(u64, u64)], (u64, u64), u64); 5] = [
+        (&[(65536, 4096)], (65536 + 4095, 2), 65536 + 4095),
+        (&[(65536, 4096)], (60000, 6000), 65536),
+        (&[(0, 100), (200, 100)], (99, 2), 99),
+        (&[(8192, 1 << 20)], (4096, 8193), 8192),
+        (&[(300, 1), (10, 20)], (0, 11), 10),
+    ];
+    for (earlier, (offset, len), first) in cases {
+        let mut raw = Raw::with_flags(4 << 20, false, true);
+        for &(o, l) in earlier {
+            raw.zero(o, l);
+        }
+        let at = raw.bytes.len();
+        raw.data(offset, &vec![9; len as usize]);
+        let stream = raw.end();
+        let err = read_all(&stream).unwrap_err();
+        assert!(matches!(err, StreamError::Conflict(_)), "{err}");
+        let m = err.to_string();
+        assert!(
+            m.contains(&format!("data record at stream byte {at}"))
+                && m.contains(&format!("overlaps an earlier record from byte {first}")),
+            "{m}"
+        );
+        // Cut inside the end record: still refused for the overlap.
+        let cut = &stream[..stream.len() - 5];
+        let mut r = StreamReader::open(cut).unwrap();
+        let err = loop {
+            match r.next_record() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("cut snapback read to its end"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, StreamError::Conflict(_)), "{err}");
+        assert_eq!(
+            r.snapback_cut(at as u64, &err).unwrap(),
+            lvmsync::stream::SnapbackCut::NotACut
+        );
+    }
 }
 
 #[test]

@@ -52,7 +52,7 @@ fn refuse(path: &Path, why: &str) -> Error {
 }
 
 /// The directory a snapback file is created in.
-fn parent_of(path: &Path) -> &Path {
+pub(super) fn parent_of(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -21,6 +21,7 @@
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 
+pub(crate) mod coverage;
 pub mod manifest;
 pub mod v3;
 pub mod v4;
@@ -114,6 +115,11 @@ pub enum StreamError {
     Io(#[from] std::io::Error),
     #[error("corrupt stream: {0}")]
     Corrupt(String),
+    /// A complete, checksummed record that breaks a rule no crash explains: a snapback record
+    /// that overlaps an earlier one (or that a reader cannot track). Damage, never taken for
+    /// the cut of an interrupted snapback ([`StreamReader::snapback_cut`]).
+    #[error("corrupt stream: {0}")]
+    Conflict(String),
     #[error("{0}")]
     Unsupported(String),
     /// The caller asked the writer for something the format forbids (records out of order,
@@ -403,8 +409,9 @@ impl<W: Write> StreamWriter<W> {
     }
 
     /// Writes records encoded by a [`RecordEncoder`] of this stream's format. Format 4 checks
-    /// that they continue the stream in increasing, disjoint order inside the source size;
-    /// nothing is written if they do not.
+    /// that they continue the stream in increasing, disjoint order inside the source size (a
+    /// snapback's records may come in any order: the caller keeps them disjoint); nothing is
+    /// written if they do not.
     pub fn write_encoded(&mut self, batch: &EncodedRecords) -> Result<(), StreamError> {
         if batch.entries.is_empty() {
             return Ok(());

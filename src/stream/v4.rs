@@ -30,7 +30,9 @@
 //!
 //! Data and zero records are strictly increasing and disjoint (`offset >= previous offset+len`),
 //! non-empty, and lie inside the source size; the records come in the order
-//! `[I] [M* M(last) R*] (D|Z)* E`. The stream digest is BLAKE3 over the concatenation, in
+//! `[I] [M* M(last) R*] (D|Z)* E`. In a snapback (header flag bit 1) the data and zero records
+//! may come in any order, but no two overlap: the reader tracks the bytes they cover
+//! ([`super::coverage`], bounded memory) and refuses an overlap. The stream digest is BLAKE3 over the concatenation, in
 //! stream order, of one 32-byte digest per record but the end record:
 //! `BLAKE3(type ‖ offset u64 BE ‖ len u64 BE ‖ uncompressed data)` for data and zero records
 //! (no data for zero records), `BLAKE3(type ‖ payload)` for the others.
@@ -48,6 +50,7 @@
 
 use std::io::{self, Write};
 
+use super::coverage::{Coverage, Refusal, UNIT};
 use super::{
     EncodedRecords, EntryKind, Format, Input, StreamError, StreamInfo, StreamTotals, WriterOptions,
 };
@@ -64,6 +67,11 @@ pub const HEADER_FLAG_SNAPBACK: u32 = 2;
 /// The most bytes a snapback writer leaves not yet durable when it overwrites the destination:
 /// the longest tail, after its last complete record, that a snapback cut short by a crash has.
 pub const MAX_SNAPBACK_TAIL: u64 = 64 << 20;
+/// The most separate ranges not aligned to [`super::coverage::UNIT`] (4 KiB) that a reader
+/// tracks in a snapback's records before it refuses the snapback: more than lvmsync's writer
+/// ever leaves (it refuses a stream whose records make more than a sixteenth of this, and a
+/// batch of its records adds at most two per record while they are read).
+pub const SNAPBACK_MAX_UNALIGNED: usize = 1 << 18;
 /// The largest `len` and payload of a format 4 record (lvmsync writes at most
 /// [`super::MAX_RECORD_DATA`]).
 pub const MAX_RECORD_LEN: usize = 16 << 20;
@@ -279,6 +287,8 @@ pub(super) fn encode_zero(offset: u64, len: u64, wire: &mut Vec<u8>) -> [u8; 32]
 /// The writer's state: the order of records and the stream digest.
 pub(super) struct WriteState {
     source_bytes: u64,
+    /// A snapback: records in any order (the caller keeps them disjoint).
+    snapback: bool,
     /// The next record must start at or after this offset.
     next_min: u64,
     /// Stream digest over the per-record digests.
@@ -303,6 +313,7 @@ impl WriteState {
         totals.wire_bytes = (HANDSHAKE.len() + header.len()) as u64;
         Ok(WriteState {
             source_bytes: opts.source_bytes,
+            snapback: opts.snapback,
             next_min: 0,
             digest: blake3::Hasher::new(),
         })
@@ -312,13 +323,15 @@ impl WriteState {
     pub(super) fn resume(source_bytes: u64, next_min: u64, digest: blake3::Hasher) -> Self {
         WriteState {
             source_bytes,
+            snapback: false,
             next_min,
             digest,
         }
     }
 
     /// Writes a batch of encoded records after checking that they continue the stream in
-    /// increasing, disjoint order inside the source size; nothing is written if they do not.
+    /// increasing, disjoint order (any order in a snapback) inside the source size; nothing is
+    /// written if they do not.
     pub(super) fn write(
         &mut self,
         sink: &mut impl Write,
@@ -328,7 +341,7 @@ impl WriteState {
         let mut next_min = self.next_min;
         for e in &batch.entries {
             let end = e.offset + e.len; // checked by the encoder
-            if e.offset < next_min {
+            if e.offset < next_min && !self.snapback {
                 return Err(StreamError::Invalid(format!(
                     "record at offset {} is before the end {next_min} of the previous one (format 4 records must be increasing and disjoint)",
                     e.offset
@@ -403,8 +416,11 @@ impl WriteState {
 /// Reading state of a format 4 stream.
 pub(super) struct ReadState {
     info: StreamInfo,
-    /// Records must start at or after this offset (end of the previous one).
+    /// Records must start at or after this offset (end of the previous one); not in a
+    /// snapback.
     next_min: u64,
+    /// A snapback: the bytes its records covered so far, which no later record may cover.
+    covered: Option<Coverage>,
     source_bytes: u64,
     compressed: bool,
     digest: blake3::Hasher,
@@ -474,6 +490,9 @@ impl ReadState {
     fn new(info: StreamInfo) -> Self {
         ReadState {
             next_min: 0,
+            covered: info
+                .snapback
+                .then(|| Coverage::new(None, SNAPBACK_MAX_UNALIGNED)),
             source_bytes: info.source_bytes.unwrap_or(0),
             compressed: info.compressed,
             digest: blake3::Hasher::new(),
@@ -622,7 +641,8 @@ impl ReadState {
     }
 
     /// Checks that `[offset, offset+len)` is non-empty, inside the source and after the
-    /// previous record, and advances the order.
+    /// previous record (in a snapback: covers no byte an earlier record covered), and advances
+    /// the order.
     fn place(&mut self, at: u64, what: &str, offset: u64, len: u64) -> Result<(), StreamError> {
         let corrupt = |msg: String| {
             Err(StreamError::Corrupt(format!(
@@ -640,6 +660,22 @@ impl ReadState {
                 "range {offset}+{len} ends past the source size {}",
                 self.source_bytes
             ));
+        }
+        if let Some(covered) = self.covered.as_mut() {
+            let refused = |msg: String| {
+                Err(StreamError::Conflict(format!(
+                    "snapback {what} record at stream byte {at}: {msg}"
+                )))
+            };
+            return match covered.insert(offset, len)? {
+                Ok(()) => Ok(()),
+                Err(Refusal::Overlap { at: first }) => refused(format!(
+                    "range {offset}+{len} overlaps an earlier record from byte {first} (a snapback's records never overlap)"
+                )),
+                Err(Refusal::TooManyUnaligned { max }) => refused(format!(
+                    "its records make more than {max} separate ranges that do not start or end on a {UNIT}-byte boundary, more than lvmsync writes"
+                )),
+            };
         }
         if offset < self.next_min {
             return corrupt(format!(

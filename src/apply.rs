@@ -34,8 +34,8 @@
 //! [`PIECE_BYTES`] (at multiples of it, so that pieces of a record aligned to 4 KiB stay
 //! aligned) so that neither a large record nor a large zero range (whose old contents the
 //! snapback must hold) can grow a batch. Tracking a format 3 stream's ranges takes at most
-//! 1 MiB of bitmap (then a temporary file beside the snapback) and
-//! [`MAX_UNALIGNED_RANGES`] ranges not aligned to 4 KiB.
+//! 2 MiB of bitmaps (then temporary files beside the snapback) and
+//! [`MAX_UNALIGNED_RANGES`] ranges not aligned to 512 bytes.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -57,7 +57,6 @@ use crate::stream::coverage::{self, Coverage, Refusal};
 use crate::stream::manifest::{self, ChangesDigest, StreamIdentity};
 use crate::stream::{
     v4, Format, Record, SnapbackCut, StreamError, StreamInfo, StreamReader, StreamTotals,
-    MAX_RECORD_ACCEPTED,
 };
 
 mod check;
@@ -78,16 +77,14 @@ const BATCHES: usize = 3;
 /// Reads or writes in flight at once.
 const QUEUE_DEPTH: usize = 32;
 
-/// The most separate ranges not aligned to 4 KiB that the records of a format 3 stream applied
-/// with a snapback may make (hand-made streams only: LVM's chunks are aligned).
-const MAX_UNALIGNED_RANGES: usize = v4::SNAPBACK_MAX_UNALIGNED / 16;
+/// The most ends of records not aligned to 512 bytes that a snapback may hold (and separate
+/// such ranges that the records of a format 3 stream applied with a snapback may make):
+/// hand-made streams only, LVM's chunks and volumes are multiples of 512 bytes.
+pub(crate) const MAX_UNALIGNED_RANGES: usize = v4::SNAPBACK_MAX_UNALIGNED / 16;
 
-// A reader of the snapback tracks the same ranges, plus at most two for each record of the
-// batch it is reading (a batch holds at most BATCH_RECORDS records, plus the pieces of one).
-const _: () = assert!(
-    MAX_UNALIGNED_RANGES + 2 * (BATCH_RECORDS + MAX_RECORD_ACCEPTED / PIECE_BYTES + 1)
-        <= v4::SNAPBACK_MAX_UNALIGNED
-);
+// A reader of the snapback tracks at most one range per end of a record not aligned to 512
+// bytes, in whatever order the records come.
+const _: () = assert!(MAX_UNALIGNED_RANGES <= v4::SNAPBACK_MAX_UNALIGNED);
 
 // A batch's snapback records (old contents plus a header per piece) must fit in the tail a
 // reader accepts from a snapback cut short by a crash.
@@ -349,7 +346,7 @@ fn apply_write_ahead<R: Read>(
                     Err(Refusal::TooManyUnaligned { max }) => {
                         return Err(refused(format!(
                             "makes more than {max} separate ranges that do not start or end on a {}-byte boundary",
-                            coverage::UNIT
+                            coverage::SECTOR
                         )))
                     }
                 }

@@ -183,14 +183,43 @@ fn kill_and_roll_back(dest: &Path, dir: &Path, seed: u64, kind: Kind) -> Outcome
         std::fs::read(&scratch).unwrap()
     };
     let sb = dir.join("sb");
-    let mut rng = Rng(seed | 1);
-    let mut seen = Outcomes::default();
-    for round in 0..KILLS {
+    let put_back = || {
         std::fs::OpenOptions::new()
             .write(true)
             .open(dest)
             .and_then(|mut f| f.write_all(&before).and_then(|()| f.sync_all()))
             .unwrap();
+    };
+    // Not killed, the apply finishes, and its snapback rolls it back.
+    put_back();
+    let _ = std::fs::remove_file(&sb);
+    let out = Command::new(lvmsync_bin())
+        .arg("--apply")
+        .arg(&stream_path)
+        .arg(dest)
+        .arg("--snapback")
+        .arg(&sb)
+        .env(batch.0, &batch.1)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(dest).unwrap() == after);
+    let out = Command::new(lvmsync_bin())
+        .arg("--apply")
+        .arg(&sb)
+        .arg(dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(std::fs::read(dest).unwrap() == before);
+    let mut rng = Rng(seed | 1);
+    let mut seen = Outcomes::default();
+    for round in 0..KILLS {
+        put_back();
         let _ = std::fs::remove_file(&sb);
         let mut child = Command::new(lvmsync_bin())
             .args(["--apply", "-", dest.to_str().unwrap(), "--snapback"])

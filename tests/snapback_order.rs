@@ -432,3 +432,42 @@ fn snapback_records_in_any_order_but_never_overlapping() {
     w.data(8192, &[1; 10]).unwrap();
     assert!(w.data(0, &[1; 10]).is_err());
 }
+
+/// Records that do not start or end on a 512-byte boundary make ranges a reader of the
+/// snapback tracks one by one: lvmsync keeps no snapback with more ends like that than readers
+/// accept, refusing the apply before the range that would be one too many is written.
+#[test]
+fn snapback_of_too_many_unaligned_records_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let count = 8200u64;
+    let size = count * 4096;
+    let dest = dir.path().join("dest");
+    let before = common::pattern(size as usize, 4);
+    std::fs::write(&dest, &before).unwrap();
+    let mut w = StreamWriter::new(
+        Vec::new(),
+        &WriterOptions {
+            snapback: false,
+            ..snapback_opts(size)
+        },
+    )
+    .unwrap();
+    for i in 0..count {
+        w.data(i * 4096 + 100, &[7u8; 100]).unwrap();
+    }
+    let stream = dir.path().join("stream");
+    std::fs::write(&stream, w.finish().unwrap().0).unwrap();
+    let sb = dir.path().join("sb");
+    refused(
+        &Command::new(lvmsync_bin())
+            .args(["--apply", p(&stream), p(&dest), "--snapback", p(&sb)])
+            .output()
+            .unwrap(),
+        "the snapback would hold records with more than 16384 ends that are not on a 512-byte boundary",
+    );
+    assert!(std::fs::read(&dest).unwrap() == before);
+    ok(&Command::new(lvmsync_bin())
+        .args(["--apply", p(&stream), p(&dest)])
+        .output()
+        .unwrap());
+}

@@ -382,7 +382,9 @@ fn snapback_records_may_come_in_any_order() {
 /// damage even at the end of a snapback cut short, never the mark of an interrupted apply.
 #[test]
 fn overlapping_snapback_records_are_refused() {
-    let cases: [(&[(u64, u64)], (u64, u64), u64); 5] = [
+    // Earlier records (offset, len), the overlapping one, the first byte both cover.
+    type Case = (&'static [(u64, u64)], (u64, u64), u64);
+    let cases: [Case; 5] = [
         (&[(65536, 4096)], (65536 + 4095, 2), 65536 + 4095),
         (&[(65536, 4096)], (60000, 6000), 65536),
         (&[(0, 100), (200, 100)], (99, 2), 99),

@@ -169,6 +169,9 @@ pub(super) struct Snapback {
     path: PathBuf,
     file: SharedFile,
     writer: StreamWriter<SharedFile>,
+    /// Ends of records not aligned to 512 bytes so far: a reader tracks the ranges they make,
+    /// up to a limit.
+    unaligned_ends: usize,
 }
 
 impl Snapback {
@@ -248,11 +251,27 @@ impl Snapback {
             path: path.to_owned(),
             file,
             writer,
+            unaligned_ends: 0,
         })
     }
 
-    /// Appends the old contents `old` of the destination at `offset`.
+    /// Appends the old contents `old` of the destination at `offset`. Refused past
+    /// [`super::MAX_UNALIGNED_RANGES`] ends of records not aligned to 512 bytes, which would
+    /// make a snapback readers refuse.
     pub fn save(&mut self, offset: u64, old: &[u8]) -> Result<()> {
+        let sector = crate::stream::coverage::SECTOR;
+        let end = offset + old.len() as u64;
+        self.unaligned_ends +=
+            usize::from(!offset.is_multiple_of(sector)) + usize::from(!end.is_multiple_of(sector));
+        if self.unaligned_ends > super::MAX_UNALIGNED_RANGES {
+            return Err(refuse(
+                &self.path,
+                &format!(
+                    "the snapback would hold records with more than {} ends that are not on a {sector}-byte boundary, more than a reader accepts (the range at byte {offset} is one too many); nothing of it was written",
+                    super::MAX_UNALIGNED_RANGES
+                ),
+            ));
+        }
         self.writer
             .data(offset, old)
             .map_err(|e| snapback_error(&self.path, e))

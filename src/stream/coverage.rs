@@ -3,15 +3,16 @@
 //! apply that keeps a snapback of a format 3 stream (Ruby lvmsync sends its records unsorted)
 //! must find a record that overlaps an earlier one before it writes it.
 //!
-//! Memory stays bounded however many records there are. Every whole [`UNIT`] (4 KiB) of the
-//! volume a record covers is one bit of a bitmap kept in pages of 4 KiB, each covering 128 MiB
-//! of the volume: up to [`MEMORY_PAGES`] pages are held in memory (1 MiB, enough for a change
-//! set spread over 32 GiB); beyond that every page goes to an unnamed temporary file (sparse,
-//! at most 1/32768 of the volume, gone with the process even after `kill -9`), read and written
-//! one page at a time. The parts of records that do not fill a whole unit (records that do not
-//! start or end on a 4 KiB boundary, which neither LVM's chunks nor lvmsync's records do but a
-//! hand-made stream may) are kept as merged byte ranges, about 40 bytes each, at most as many
-//! as the owner allows.
+//! Memory stays bounded however many records there are. A record is cut into the whole
+//! [`UNIT`]s (4 KiB) it covers, the whole [`SECTOR`]s (512 bytes) it covers of the units it
+//! covers in part, and the bytes of the sectors it covers in part. Units and sectors are one bit
+//! each of two bitmaps kept in pages of 4 KiB (a page of units covers 128 MiB of the volume, one
+//! of sectors 16 MiB): up to [`MEMORY_PAGES`] pages of each are held in memory (1 MiB; the
+//! units of a change set spread over 32 GiB), beyond that the pages go to an unnamed temporary
+//! file (sparse, at most 1/32768 of the volume for units, gone with the process even after
+//! `kill -9`), read and written one page at a time. The bytes of sectors covered in part, which
+//! only hand-made streams have (LVM's chunks and volumes are multiples of 512 bytes), are kept
+//! as merged byte ranges, about 40 bytes each, at most as many as the owner allows.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -21,12 +22,14 @@ use std::path::{Path, PathBuf};
 
 use crate::blockdev::read_full_at;
 
-/// Bytes of the volume one bit stands for.
+/// Bytes of the volume one bit of the first bitmap stands for.
 pub const UNIT: u64 = 4096;
-/// Bytes of one page of the bitmap.
+/// Bytes of the volume one bit of the second bitmap stands for.
+pub const SECTOR: u64 = 512;
+/// Bytes of one page of a bitmap.
 const PAGE_BYTES: usize = 4096;
-const UNITS_PER_PAGE: u64 = PAGE_BYTES as u64 * 8;
-/// Pages held in memory before they all go to a temporary file.
+const BITS_PER_PAGE: u64 = PAGE_BYTES as u64 * 8;
+/// Pages of each bitmap held in memory before they go to a temporary file.
 pub const MEMORY_PAGES: usize = 256;
 
 /// Why a range was not taken.
@@ -35,24 +38,30 @@ pub enum Refusal {
     /// It overlaps a range taken before, from byte `at` of the volume on (the first byte both
     /// cover).
     Overlap { at: u64 },
-    /// It would make more separate ranges not aligned to [`UNIT`] than the owner allows.
+    /// It would make more separate ranges not aligned to [`SECTOR`] than the owner allows.
     TooManyUnaligned { max: usize },
 }
 
 /// The bytes covered so far (see the module doc).
 pub struct Coverage {
-    /// Bitmap pages by number, while they are held in memory.
-    pages: BTreeMap<u64, Box<[u8]>>,
-    /// Once there are too many to hold: the file they went to.
-    spilled: Option<Spilled>,
-    /// Where the temporary file is made (`None`: the system's temporary directory).
-    dir: Option<PathBuf>,
-    /// Parts of ranges that do not fill a whole unit: start -> end, merged where they touch.
-    unaligned: BTreeMap<u64, u64>,
+    /// Whole units.
+    units: PagedBits,
+    /// Whole sectors of units covered in part.
+    sectors: PagedBits,
+    /// Bytes of sectors covered in part: start -> end, merged where they touch.
+    bytes: BTreeMap<u64, u64>,
     max_unaligned: usize,
 }
 
-/// The bitmap in a temporary file, with the one page in use.
+/// A bitmap in pages, held in memory up to [`MEMORY_PAGES`] of them, then in a temporary file.
+struct PagedBits {
+    pages: BTreeMap<u64, Box<[u8]>>,
+    spilled: Option<Spilled>,
+    /// Where the temporary file is made (`None`: the system's temporary directory).
+    dir: Option<PathBuf>,
+}
+
+/// A bitmap in a temporary file, with the one page in use.
 struct Spilled {
     file: File,
     page_no: u64,
@@ -60,32 +69,25 @@ struct Spilled {
     dirty: bool,
 }
 
-/// A range cut into whole units and the parts that do not fill one.
-struct Split {
-    /// Units `[first, end)` covered whole.
-    units: Option<(u64, u64)>,
-    /// Byte ranges, each inside one unit.
-    parts: [Option<(u64, u64)>; 2],
-}
+/// A range `[start, end)`.
+type Span = (u64, u64);
 
-fn split(offset: u64, end: u64) -> Split {
-    let first = offset.div_ceil(UNIT);
-    let last = end / UNIT;
+/// `[offset, end)` cut into whole `unit`s (their numbers, `[first, last)`) and the parts at
+/// either end that do not fill a unit, each inside one unit.
+fn split(offset: u64, end: u64, unit: u64) -> (Option<Span>, [Option<Span>; 2]) {
+    let first = offset.div_ceil(unit);
+    let last = end / unit;
     if first < last {
-        let head = (offset < first * UNIT).then_some((offset, first * UNIT));
-        let tail = (last * UNIT < end).then_some((last * UNIT, end));
-        return Split {
-            units: Some((first, last)),
-            parts: [head, tail],
-        };
+        let head = (offset < first * unit).then_some((offset, first * unit));
+        let tail = (last * unit < end).then_some((last * unit, end));
+        return (Some((first, last)), [head, tail]);
     }
     // No whole unit: inside one unit, or across one boundary.
-    let boundary = (offset / UNIT + 1).checked_mul(UNIT).filter(|&b| b < end);
-    let parts = match boundary {
-        Some(b) => [Some((offset, b)), Some((b, end))],
-        None => [Some((offset, end)), None],
-    };
-    Split { units: None, parts }
+    let boundary = (offset / unit + 1).checked_mul(unit).filter(|&b| b < end);
+    match boundary {
+        Some(b) => (None, [Some((offset, b)), Some((b, end))]),
+        None => (None, [Some((offset, end)), None]),
+    }
 }
 
 /// The first bit set among bits `[from, to)` of `page`.
@@ -93,7 +95,7 @@ fn first_set(page: &[u8], from: u64, to: u64) -> Option<u64> {
     let mut bit = from;
     while bit < to {
         let byte = page[(bit / 8) as usize];
-        if bit % 8 == 0 && to - bit >= 8 {
+        if bit.is_multiple_of(8) && to - bit >= 8 {
             if byte != 0 {
                 return Some(bit + u64::from(byte.trailing_zeros()));
             }
@@ -111,7 +113,7 @@ fn first_set(page: &[u8], from: u64, to: u64) -> Option<u64> {
 fn set_bits(page: &mut [u8], from: u64, to: u64) {
     let mut bit = from;
     while bit < to {
-        if bit % 8 == 0 && to - bit >= 8 {
+        if bit.is_multiple_of(8) && to - bit >= 8 {
             page[(bit / 8) as usize] = 0xff;
             bit += 8;
         } else {
@@ -122,57 +124,92 @@ fn set_bits(page: &mut [u8], from: u64, to: u64) {
 }
 
 impl Coverage {
-    /// Nothing covered yet. A temporary file, if one is needed, is made in `dir` (`None`: the
-    /// system's temporary directory); at most `max_unaligned` separate ranges not aligned to
-    /// [`UNIT`] are taken.
+    /// Nothing covered yet. Temporary files, if needed, are made in `dir` (`None`: the system's
+    /// temporary directory); at most `max_unaligned` separate ranges not aligned to [`SECTOR`]
+    /// are taken.
     pub fn new(dir: Option<&Path>, max_unaligned: usize) -> Self {
         Coverage {
-            pages: BTreeMap::new(),
-            spilled: None,
-            dir: dir.map(Path::to_owned),
-            unaligned: BTreeMap::new(),
+            units: PagedBits::new(dir),
+            sectors: PagedBits::new(dir),
+            bytes: BTreeMap::new(),
             max_unaligned,
         }
     }
 
-    /// Takes `[offset, offset + len)` if it overlaps nothing taken before. A refused range is
-    /// not taken (the coverage is then as before, but for [`Refusal::TooManyUnaligned`]).
+    /// Takes `[offset, offset + len)` if it overlaps nothing taken before. A refused overlap is
+    /// not taken; after [`Refusal::TooManyUnaligned`] the range is taken all the same.
     pub fn insert(&mut self, offset: u64, len: u64) -> io::Result<Result<(), Refusal>> {
         let Some(end) = offset.checked_add(len).filter(|_| len > 0) else {
             return Ok(Ok(()));
         };
-        let split = split(offset, end);
+        // Whole units; whole sectors (each range inside one unit); bytes (inside one sector).
+        let (units, unit_parts) = split(offset, end, UNIT);
+        let mut sectors = Vec::with_capacity(2);
+        let mut bytes = Vec::with_capacity(4);
+        for (start, stop) in unit_parts.into_iter().flatten() {
+            let (whole, parts) = split(start, stop, SECTOR);
+            sectors.extend(whole);
+            bytes.extend(parts.into_iter().flatten());
+        }
         let mut overlap: Option<u64> = None;
         let mut note = |at: u64| overlap = Some(overlap.map_or(at, |o| o.min(at)));
-        if let Some((first, last)) = split.units {
-            if let Some(unit) = self.first_unit_set(first, last)? {
+        if let Some((first, last)) = units {
+            if let Some(unit) = self.units.first_set(first, last)? {
                 note(unit * UNIT);
             }
-            if let Some(at) = self.unaligned_overlap(first * UNIT, last * UNIT) {
+            let per_unit = UNIT / SECTOR;
+            if let Some(sector) = self.sectors.first_set(first * per_unit, last * per_unit)? {
+                note(sector * SECTOR);
+            }
+            if let Some(at) = self.bytes_overlap(first * UNIT, last * UNIT) {
                 note(at);
             }
         }
-        for (start, stop) in split.parts.into_iter().flatten() {
+        for &(first, last) in &sectors {
+            let start = first * SECTOR;
             if self
-                .first_unit_set(start / UNIT, start / UNIT + 1)?
+                .units
+                .first_set(start / UNIT, start / UNIT + 1)?
                 .is_some()
             {
                 note(start);
             }
-            if let Some(at) = self.unaligned_overlap(start, stop) {
+            if let Some(sector) = self.sectors.first_set(first, last)? {
+                note(sector * SECTOR);
+            }
+            if let Some(at) = self.bytes_overlap(start, last * SECTOR) {
+                note(at);
+            }
+        }
+        for &(start, stop) in &bytes {
+            let covered_whole = self
+                .units
+                .first_set(start / UNIT, start / UNIT + 1)?
+                .is_some()
+                || self
+                    .sectors
+                    .first_set(start / SECTOR, start / SECTOR + 1)?
+                    .is_some();
+            if covered_whole {
+                note(start);
+            }
+            if let Some(at) = self.bytes_overlap(start, stop) {
                 note(at);
             }
         }
         if let Some(at) = overlap {
             return Ok(Err(Refusal::Overlap { at }));
         }
-        if let Some((first, last)) = split.units {
-            self.set_units(first, last)?;
+        if let Some((first, last)) = units {
+            self.units.set(first, last)?;
         }
-        for (start, stop) in split.parts.into_iter().flatten() {
-            self.insert_unaligned(start, stop);
+        for (first, last) in sectors {
+            self.sectors.set(first, last)?;
         }
-        if self.unaligned.len() > self.max_unaligned {
+        for (start, stop) in bytes {
+            self.insert_bytes(start, stop);
+        }
+        if self.bytes.len() > self.max_unaligned {
             return Ok(Err(Refusal::TooManyUnaligned {
                 max: self.max_unaligned,
             }));
@@ -180,64 +217,75 @@ impl Coverage {
         Ok(Ok(()))
     }
 
-    /// The first byte of `[start, stop)` that an unaligned part covers.
-    fn unaligned_overlap(&self, start: u64, stop: u64) -> Option<u64> {
-        if let Some((_, &end)) = self.unaligned.range(..=start).next_back() {
+    /// The first byte of `[start, stop)` in a range of `bytes`.
+    fn bytes_overlap(&self, start: u64, stop: u64) -> Option<u64> {
+        if let Some((_, &end)) = self.bytes.range(..=start).next_back() {
             if end > start {
                 return Some(start);
             }
         }
-        self.unaligned.range(start..stop).next().map(|(&s, _)| s)
+        self.bytes.range(start..stop).next().map(|(&s, _)| s)
     }
 
-    fn insert_unaligned(&mut self, start: u64, stop: u64) {
+    fn insert_bytes(&mut self, start: u64, stop: u64) {
         let (mut from, mut to) = (start, stop);
-        if let Some((&s, &e)) = self.unaligned.range(..start).next_back() {
+        if let Some((&s, &e)) = self.bytes.range(..start).next_back() {
             if e == start {
-                self.unaligned.remove(&s);
+                self.bytes.remove(&s);
                 from = s;
             }
         }
-        if let Some(e) = self.unaligned.remove(&stop) {
+        if let Some(e) = self.bytes.remove(&stop) {
             to = e;
         }
-        self.unaligned.insert(from, to);
+        self.bytes.insert(from, to);
+    }
+}
+
+impl PagedBits {
+    fn new(dir: Option<&Path>) -> Self {
+        PagedBits {
+            pages: BTreeMap::new(),
+            spilled: None,
+            dir: dir.map(Path::to_owned),
+        }
     }
 
-    /// The first unit of `[first, last)` already covered whole.
-    fn first_unit_set(&mut self, first: u64, last: u64) -> io::Result<Option<u64>> {
-        let mut unit = first;
-        while unit < last {
-            let page_no = unit / UNITS_PER_PAGE;
-            let page_end = last.min((page_no + 1) * UNITS_PER_PAGE);
-            let base = page_no * UNITS_PER_PAGE;
+    /// The first bit set among bits `[first, last)`.
+    fn first_set(&mut self, first: u64, last: u64) -> io::Result<Option<u64>> {
+        let mut bit = first;
+        while bit < last {
+            let page_no = bit / BITS_PER_PAGE;
+            let base = page_no * BITS_PER_PAGE;
+            let page_end = last.min(base + BITS_PER_PAGE);
             if let Some(page) = self.page(page_no, false)? {
-                if let Some(bit) = first_set(page, unit - base, page_end - base) {
-                    return Ok(Some(base + bit));
+                if let Some(found) = first_set(page, bit - base, page_end - base) {
+                    return Ok(Some(base + found));
                 }
             }
-            unit = page_end;
+            bit = page_end;
         }
         Ok(None)
     }
 
-    fn set_units(&mut self, first: u64, last: u64) -> io::Result<()> {
-        let mut unit = first;
-        while unit < last {
-            let page_no = unit / UNITS_PER_PAGE;
-            let page_end = last.min((page_no + 1) * UNITS_PER_PAGE);
-            let base = page_no * UNITS_PER_PAGE;
+    /// Sets bits `[first, last)`.
+    fn set(&mut self, first: u64, last: u64) -> io::Result<()> {
+        let mut bit = first;
+        while bit < last {
+            let page_no = bit / BITS_PER_PAGE;
+            let base = page_no * BITS_PER_PAGE;
+            let page_end = last.min(base + BITS_PER_PAGE);
             let page = self
                 .page(page_no, true)?
                 .expect("a page is made when asked");
-            set_bits(page, unit - base, page_end - base);
-            unit = page_end;
+            set_bits(page, bit - base, page_end - base);
+            bit = page_end;
         }
         Ok(())
     }
 
-    /// Bitmap page `page_no`: `None` if it has no bit set and `make` is false. With `make`, the
-    /// page is made if needed and will be written back.
+    /// Page `page_no`: `None` if it has no bit set and `make` is false. With `make`, the page is
+    /// made if needed and will be written back.
     fn page(&mut self, page_no: u64, make: bool) -> io::Result<Option<&mut [u8]>> {
         if self.spilled.is_none() {
             if make && !self.pages.contains_key(&page_no) {
@@ -293,13 +341,11 @@ impl Coverage {
     }
 
     fn context(&self) -> String {
-        let dir = self
-            .dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir)
-            .display()
-            .to_string();
-        format!("{dir}: a temporary file holding which ranges the records cover")
+        let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+        format!(
+            "{}: a temporary file holding which ranges the records cover",
+            dir.display()
+        )
     }
 }
 
@@ -354,7 +400,7 @@ mod tests {
     #[test]
     fn overlaps_are_found_in_any_order() {
         let dir = tempfile::tempdir().unwrap();
-        let u = UNIT;
+        let (u, s) = (UNIT, SECTOR);
         check(
             &[
                 (8 * u, 2 * u),
@@ -372,6 +418,13 @@ mod tests {
                 (u, u),
                 (11 * u - 3, 3 * u),
                 (10 * u + 101, u - 101),
+                (20 * u + s, 2 * s),
+                (20 * u, 4 * s),
+                (20 * u + 3 * s, s),
+                (20 * u + 2 * s, s),
+                (20 * u, 2 * u),
+                (21 * u + s + 3, 10),
+                (21 * u, 2 * s),
             ],
             dir.path(),
         );
@@ -380,25 +433,39 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn agrees_with_a_byte_model(
-            ranges in proptest::collection::vec((0u64..20 * UNIT, 1u64..3 * UNIT), 1..40)
+            ranges in proptest::collection::vec((0u64..6 * UNIT, 1u64..2 * UNIT), 1..40)
         ) {
             let dir = tempfile::tempdir().unwrap();
             check(&ranges, dir.path());
         }
+
+        #[test]
+        fn agrees_with_a_byte_model_in_sectors(
+            ranges in proptest::collection::vec((0u64..48, 1u64..20), 1..40)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let ranges: Vec<_> = ranges.iter().map(|&(o, l)| (o * SECTOR, l * SECTOR)).collect();
+            check(&ranges, dir.path());
+        }
     }
 
-    /// Past the pages held in memory the bitmap lives in a file, and still finds every overlap:
-    /// ranges 128 MiB apart (one page each), then one in every page again.
+    /// Past the pages held in memory the bitmaps live in files, and still find every overlap:
+    /// ranges 128 MiB apart (one page of units each), then one in every page again; the same
+    /// for sectors.
     #[test]
     fn spills_to_a_file_and_keeps_every_range() {
         let dir = tempfile::tempdir().unwrap();
         let mut cov = Coverage::new(Some(dir.path()), 0);
-        let step = UNITS_PER_PAGE * UNIT;
+        let step = BITS_PER_PAGE * UNIT;
         let pages = MEMORY_PAGES as u64 + 40;
         for i in (0..pages).rev() {
             assert_eq!(cov.insert(i * step + UNIT, UNIT).unwrap(), Ok(()));
+            assert_eq!(
+                cov.insert(i * step + 8 * UNIT + SECTOR, SECTOR).unwrap(),
+                Ok(())
+            );
         }
-        assert!(cov.spilled.is_some());
+        assert!(cov.units.spilled.is_some() && cov.sectors.spilled.is_some());
         for i in 0..pages {
             assert_eq!(
                 cov.insert(i * step, 2 * UNIT).unwrap(),
@@ -407,6 +474,13 @@ mod tests {
                 })
             );
             assert_eq!(cov.insert(i * step + 2 * UNIT, UNIT).unwrap(), Ok(()));
+            assert_eq!(
+                cov.insert(i * step + 7 * UNIT, 2 * UNIT).unwrap(),
+                Err(Refusal::Overlap {
+                    at: i * step + 8 * UNIT + SECTOR
+                })
+            );
+            assert_eq!(cov.insert(i * step + 8 * UNIT, SECTOR).unwrap(), Ok(()));
         }
         assert_eq!(
             cov.insert(7 * step + 3 * UNIT - 1, 2).unwrap(),
@@ -419,18 +493,20 @@ mod tests {
     #[test]
     fn unaligned_parts_are_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cov = Coverage::new(Some(dir.path()), 2);
+        let mut cov = Coverage::new(Some(dir.path()), 3);
+        // Merged: one range.
         assert_eq!(cov.insert(10, 10).unwrap(), Ok(()));
         assert_eq!(cov.insert(20, 10).unwrap(), Ok(()));
+        // A head and a tail not aligned to sectors: two more.
         assert_eq!(cov.insert(UNIT + 1, 2 * UNIT).unwrap(), Ok(()));
         assert_eq!(
             cov.insert(5 * UNIT, 1).unwrap(),
-            Err(Refusal::TooManyUnaligned { max: 2 })
+            Err(Refusal::TooManyUnaligned { max: 3 })
         );
-        // Aligned ranges cost no unaligned part.
+        // Ranges aligned to sectors cost no unaligned part, however many.
         let mut cov = Coverage::new(Some(dir.path()), 0);
-        for i in 0..1000 {
-            assert_eq!(cov.insert(i * 3 * UNIT, 2 * UNIT).unwrap(), Ok(()));
+        for i in 0..100_000 {
+            assert_eq!(cov.insert(i * 3 * SECTOR, 2 * SECTOR).unwrap(), Ok(()));
         }
     }
 }

@@ -50,7 +50,7 @@
 
 use std::io::{self, Write};
 
-use super::coverage::{Coverage, Refusal, UNIT};
+use super::coverage::{Coverage, Refusal, SECTOR};
 use super::{
     EncodedRecords, EntryKind, Format, Input, StreamError, StreamInfo, StreamTotals, WriterOptions,
 };
@@ -67,10 +67,10 @@ pub const HEADER_FLAG_SNAPBACK: u32 = 2;
 /// The most bytes a snapback writer leaves not yet durable when it overwrites the destination:
 /// the longest tail, after its last complete record, that a snapback cut short by a crash has.
 pub const MAX_SNAPBACK_TAIL: u64 = 64 << 20;
-/// The most separate ranges not aligned to [`super::coverage::UNIT`] (4 KiB) that a reader
-/// tracks in a snapback's records before it refuses the snapback: more than lvmsync's writer
-/// ever leaves (it refuses a stream whose records make more than a sixteenth of this, and a
-/// batch of its records adds at most two per record while they are read).
+/// The most separate ranges not aligned to [`super::coverage::SECTOR`] (512 bytes) that a
+/// reader tracks in a snapback's records before it refuses the snapback: more than lvmsync's
+/// writer ever leaves (it keeps no snapback whose records have more than a sixteenth of this
+/// many ends not aligned to 512 bytes, and each such range is bounded by one).
 pub const SNAPBACK_MAX_UNALIGNED: usize = 1 << 18;
 /// The largest `len` and payload of a format 4 record (lvmsync writes at most
 /// [`super::MAX_RECORD_DATA`]).
@@ -673,7 +673,7 @@ impl ReadState {
                     "range {offset}+{len} overlaps an earlier record from byte {first} (a snapback's records never overlap)"
                 )),
                 Err(Refusal::TooManyUnaligned { max }) => refused(format!(
-                    "its records make more than {max} separate ranges that do not start or end on a {UNIT}-byte boundary, more than lvmsync writes"
+                    "its records make more than {max} separate ranges that do not start or end on a {SECTOR}-byte boundary, more than lvmsync writes"
                 )),
             };
         }

@@ -31,8 +31,7 @@
 //!
 //! Memory: [`BATCHES`] batches circulate, each holding at most [`BATCH_HELD_BYTES`] (plus one
 //! piece) of new data and saved old contents together; records are cut into pieces of at most
-//! [`PIECE_BYTES`] (at multiples of it, so that pieces of a record aligned to 4 KiB stay
-//! aligned) so that neither a large record nor a large zero range (whose old contents the
+//! [`PIECE_BYTES`] so that neither a large record nor a large zero range (whose old contents the
 //! snapback must hold) can grow a batch. Tracking a format 3 stream's ranges takes at most
 //! 2 MiB of bitmaps (then temporary files beside the snapback) and
 //! [`MAX_UNALIGNED_RANGES`] ranges not aligned to 512 bytes.
@@ -773,9 +772,9 @@ impl Filler<'_> {
     }
 }
 
-/// `[offset, offset + len)` cut at the multiples of [`PIECE_BYTES`]: (offset, len) of each
-/// piece. Cutting at fixed places keeps the pieces of an aligned record aligned, and makes
-/// every piece boundary a 4 KiB boundary.
+/// `[offset, offset + len)` cut into pieces of [`PIECE_BYTES`] (the last one shorter): (offset,
+/// len) of each. (Cut from the record's start, so that an unaligned record's pieces all go to
+/// one buffer of a batch.)
 fn pieces(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
     let end = offset + len;
     let mut at = offset;
@@ -783,11 +782,9 @@ fn pieces(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
         if at >= end {
             return None;
         }
-        let next = (at / PIECE_BYTES as u64 + 1)
-            .saturating_mul(PIECE_BYTES as u64)
-            .min(end);
-        let piece = (at, next - at);
-        at = next;
+        let n = (end - at).min(PIECE_BYTES as u64);
+        let piece = (at, n);
+        at += n;
         Some(piece)
     })
 }

@@ -169,9 +169,13 @@ pub(super) struct Snapback {
     path: PathBuf,
     file: SharedFile,
     writer: StreamWriter<SharedFile>,
-    /// Ends of records not aligned to 512 bytes so far: a reader tracks the ranges they make,
-    /// up to a limit.
+    /// Ends of records not aligned to 512 bytes so far, but those where one record goes on
+    /// from where the one before it ended (the pieces of one record): a reader tracks the
+    /// ranges they make, up to a limit.
     unaligned_ends: usize,
+    /// Where the last record ended, and whether that end is not aligned (counted once the next
+    /// record does not go on from it).
+    last_end: Option<(u64, bool)>,
 }
 
 impl Snapback {
@@ -252,6 +256,7 @@ impl Snapback {
             file,
             writer,
             unaligned_ends: 0,
+            last_end: None,
         })
     }
 
@@ -261,9 +266,15 @@ impl Snapback {
     pub fn save(&mut self, offset: u64, old: &[u8]) -> Result<()> {
         let sector = crate::stream::coverage::SECTOR;
         let end = offset + old.len() as u64;
-        self.unaligned_ends +=
-            usize::from(!offset.is_multiple_of(sector)) + usize::from(!end.is_multiple_of(sector));
-        if self.unaligned_ends > super::MAX_UNALIGNED_RANGES {
+        let goes_on = matches!(self.last_end, Some((e, _)) if e == offset);
+        if !goes_on {
+            let last_unaligned = matches!(self.last_end, Some((_, true)));
+            self.unaligned_ends +=
+                usize::from(last_unaligned) + usize::from(!offset.is_multiple_of(sector));
+        }
+        let end_unaligned = !end.is_multiple_of(sector);
+        self.last_end = Some((end, end_unaligned));
+        if self.unaligned_ends + usize::from(end_unaligned) > super::MAX_UNALIGNED_RANGES {
             return Err(refuse(
                 &self.path,
                 &format!(

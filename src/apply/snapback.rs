@@ -198,15 +198,7 @@ impl Snapback {
         // never names an empty or half-made snapback, and an existing file there (`--force`) is
         // replaced, never written into.
         let parent = parent_of(path);
-        let temp = tempfile::Builder::new()
-            .prefix(".lvmsync-snapback-")
-            .permissions(std::fs::Permissions::from_mode(mode))
-            .tempfile_in(parent)
-            .ctx(|| format!("{}: cannot create a snapback file", parent.display()))?;
-        let file = temp
-            .as_file()
-            .try_clone()
-            .ctx(|| format!("{}: cannot write snapback", path.display()))?;
+        let (temp, file) = temp_beside(path, parent, mode)?;
         let mut snapback = Self::on(file, path, info, dest_dev.size, None)?;
         snapback.make_durable()?;
         let placed = if force {
@@ -356,15 +348,7 @@ impl PendingSnapback {
             return Err(already_exists(path));
         }
         let parent = parent_of(path);
-        let temp = tempfile::Builder::new()
-            .prefix(".lvmsync-snapback-")
-            .permissions(std::fs::Permissions::from_mode(mode))
-            .tempfile_in(parent)
-            .ctx(|| format!("{}: cannot create a snapback file", parent.display()))?;
-        let file = temp
-            .as_file()
-            .try_clone()
-            .ctx(|| format!("{}: cannot write snapback", path.display()))?;
+        let (temp, file) = temp_beside(path, parent, mode)?;
         let snapback = Snapback::on(file, path, info, dest_dev.size, changes)?;
         Ok(PendingSnapback {
             path: path.to_owned(),
@@ -432,6 +416,21 @@ impl PendingSnapback {
         sync_dir(parent_of(&self.path))?;
         Ok(SnapbackOutcome::Written(totals))
     }
+}
+
+/// A new temporary file of mode `mode` in `parent` (the directory of `path`), where a snapback
+/// is written before it is renamed to `path`, and a handle to write it through.
+fn temp_beside(path: &Path, parent: &Path, mode: u32) -> Result<(tempfile::NamedTempFile, File)> {
+    let temp = tempfile::Builder::new()
+        .prefix(".lvmsync-snapback-")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(parent)
+        .ctx(|| format!("{}: cannot create a snapback file", parent.display()))?;
+    let file = temp
+        .as_file()
+        .try_clone()
+        .ctx(|| format!("{}: cannot write snapback", path.display()))?;
+    Ok((temp, file))
 }
 
 /// A snapback write error, with the file's name.

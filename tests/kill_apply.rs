@@ -341,6 +341,13 @@ fn kill_and_roll_back(dest: &Path, dir: &Path, seed: u64, kind: Kind) -> Outcome
     seen
 }
 
+/// A loop device over a new file of SIZE zero bytes in `dir`.
+fn zeroed_loop_device(dir: &Path) -> common::LoopDevice {
+    let backing = dir.join("backing");
+    std::fs::write(&backing, vec![0u8; SIZE as usize]).unwrap();
+    common::LoopDevice::attach(&backing)
+}
+
 #[test]
 fn kill_during_apply_to_a_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -357,9 +364,7 @@ fn kill_during_apply_to_a_file() {
 #[test]
 fn kill_during_apply_to_a_loop_device() {
     let dir = tempfile::tempdir().unwrap();
-    let backing = dir.path().join("backing");
-    std::fs::write(&backing, vec![0u8; SIZE as usize]).unwrap();
-    let dev = common::LoopDevice::attach(&backing);
+    let dev = zeroed_loop_device(dir.path());
     let seen = kill_and_roll_back(Path::new(&dev.0), dir.path(), 0x5eed_0002, Kind::Plain);
     eprintln!("loop device: {seen:?}");
     assert!(
@@ -373,9 +378,7 @@ fn kill_during_apply_to_a_loop_device() {
 #[test]
 fn kill_during_checked_apply_then_roll_back_or_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let backing = dir.path().join("backing");
-    std::fs::write(&backing, vec![0u8; SIZE as usize]).unwrap();
-    let dev = common::LoopDevice::attach(&backing);
+    let dev = zeroed_loop_device(dir.path());
     let seen = kill_and_roll_back(Path::new(&dev.0), dir.path(), 0x5eed_0003, Kind::Checked);
     eprintln!("checked, loop device: {seen:?}");
     assert!(
@@ -389,9 +392,7 @@ fn kill_during_checked_apply_then_roll_back_or_resume() {
 #[test]
 fn kill_during_apply_of_an_unsorted_format3_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let backing = dir.path().join("backing");
-    std::fs::write(&backing, vec![0u8; SIZE as usize]).unwrap();
-    let dev = common::LoopDevice::attach(&backing);
+    let dev = zeroed_loop_device(dir.path());
     let seen = kill_and_roll_back(Path::new(&dev.0), dir.path(), 0x5eed_0004, Kind::UnsortedV3);
     eprintln!("unsorted format 3, loop device: {seen:?}");
     assert!(

@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -72,25 +72,6 @@ impl Volume {
         let p = self.dir.path().join(name);
         File::create(&p).unwrap().set_len(VOLUME).unwrap();
         p
-    }
-}
-
-/// Equal contents, compared a piece at a time.
-fn same(a: &Path, b: &Path) -> bool {
-    let (mut fa, mut fb) = (File::open(a).unwrap(), File::open(b).unwrap());
-    if fa.metadata().unwrap().len() != fb.metadata().unwrap().len() {
-        return false;
-    }
-    let (mut ba, mut bb) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
-    loop {
-        let n = fa.read(&mut ba).unwrap();
-        if n == 0 {
-            return true;
-        }
-        fb.read_exact(&mut bb[..n]).unwrap();
-        if ba[..n] != bb[..n] {
-            return false;
-        }
     }
 }
 
@@ -227,7 +208,7 @@ fn interrupted_sync_resumes(how: Interruption, name: &str) {
         .output()
         .unwrap();
     common::assert_success(&out);
-    assert!(same(&reference, &v.expected));
+    assert!(common::same(&reference, &v.expected));
     let whole = tally(&tally_file);
 
     // The same sync, interrupted after 80% of that, then run again.
@@ -242,13 +223,16 @@ fn interrupted_sync_resumes(how: Interruption, name: &str) {
         first >= whole * 6 / 10 && first < whole,
         "interrupted at {first} of {whole} bytes"
     );
-    assert!(!same(&dest, &v.expected), "the first run did not finish");
+    assert!(
+        !common::same(&dest, &v.expected),
+        "the first run did not finish"
+    );
 
     let tally_file = v.dir.path().join("tally-again");
     let out = sync_command(&v, &rsh, &dest, &tally_file).output().unwrap();
     common::assert_success(&out);
     assert!(
-        same(&dest, &v.expected),
+        common::same(&dest, &v.expected),
         "the re-run must leave the destination exact"
     );
     let stderr = String::from_utf8_lossy(&out.stderr);

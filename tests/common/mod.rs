@@ -172,8 +172,22 @@ pub fn copy(from: &Path, to: &Path) {
     std::fs::copy(from, to).unwrap();
 }
 
+/// Equal contents (files or devices), compared a piece at a time: images of hundreds of MiB
+/// need not be held in memory.
 pub fn same(a: &Path, b: &Path) -> bool {
-    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+    let mut fa = std::fs::File::open(a).unwrap();
+    let mut fb = std::fs::File::open(b).unwrap();
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = fa.read(&mut ba).unwrap();
+        if n == 0 {
+            // `a` ended: so must `b`.
+            return fb.read(&mut bb[..1]).unwrap() == 0;
+        }
+        if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
+    }
 }
 
 /// A loop device over a file, detached when dropped (the tests run as root, like the receiver).

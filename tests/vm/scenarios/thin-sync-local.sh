@@ -4,7 +4,8 @@
 # discarded blocks (zero), and the blocks written to the snapshot itself (data
 # where the origin has data, zero where only the snapshot mapped one); after
 # `lvmsync SNAP DEST` the destination equals the origin, and no metadata
-# snapshot is left held in the pool.
+# snapshot is left held in the pool; `--dry-run` lists the same ranges and
+# writes nothing.
 . "$VMTEST_LIB"
 VG=tsync
 POOL=$VG-pool-tpool
@@ -58,6 +59,13 @@ check_files_eq "lvmsync changes vs writes" "$FILES/changes.txt" "$FILES/expected
 save changes-mapper.txt lvmsync changes /dev/mapper/$VG-snap
 check_files_eq "same list through /dev/mapper" "$FILES/changes-mapper.txt" "$FILES/expected-changes.txt"
 check_eq "no metadata snapshot held after 'changes'" "$(held_metadata_root $POOL)" "-"
+
+step "lvmsync --dry-run: the same ranges, nothing written, nothing held"
+dest_md5=$(md5sum < /dev/$VG/dest)
+save dry-run.txt lvmsync --dry-run /dev/$VG/snap /dev/$VG/dest
+check_files_eq "dry-run ranges vs writes" "$FILES/dry-run.txt" "$FILES/expected-changes.txt"
+check_eq "destination untouched by --dry-run" "$(md5sum < /dev/$VG/dest)" "$dest_md5"
+check_eq "no metadata snapshot held after --dry-run" "$(held_metadata_root $POOL)" "-"
 
 step "lvmsync SNAP DEST"
 run lvmsync -v /dev/$VG/snap /dev/$VG/dest

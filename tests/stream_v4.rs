@@ -529,6 +529,25 @@ fn digest_fixes_record_boundaries() {
 }
 
 #[test]
+fn data_digest_is_blake3_of_type_offset_len_and_data() {
+    // Small records are hashed from a contiguous copy, large ones streamed: both must give
+    // BLAKE3('D' || offset || len || data), whatever the size against BLAKE3's 1 KiB chunks.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 + i / 1000) as u8).collect();
+    for len in [0, 1, 1007, 1008, 4096, 4097, 65536, 65537, 200_000] {
+        let offset = 0x0102_0304_0506_0708 + len as u64;
+        let mut input = vec![b'D'];
+        input.extend_from_slice(&offset.to_be_bytes());
+        input.extend_from_slice(&(len as u64).to_be_bytes());
+        input.extend_from_slice(&data[..len]);
+        assert_eq!(
+            lvmsync::stream::v4::data_digest(offset, &data[..len]),
+            *blake3::hash(&input).as_bytes(),
+            "{len} bytes"
+        );
+    }
+}
+
+#[test]
 fn unknown_record_type_is_refused() {
     let mut raw = Raw::new(1000, false);
     raw.record(b'X', 0, 0, 10, &[0; 10]);

@@ -210,7 +210,7 @@ pub struct SyncArgs {
     #[arg(
         long,
         value_name = "N",
-        default_value_t = 1,
+        default_value_t = crate::stream::DEFAULT_COMPRESS_LEVEL,
         allow_negative_numbers = true
     )]
     pub compress_level: i32,
@@ -615,7 +615,7 @@ fn replicate_config(r: ReplicateArgs) -> Result<Config> {
         progress: r.progress,
         stream: SendOptions {
             format: Format::V4,
-            compress: r.compress.then_some(1),
+            compress: r.compress.then_some(crate::stream::DEFAULT_COMPRESS_LEVEL),
             queue_depth: 32,
         },
         receiver,
@@ -710,7 +710,10 @@ mod tests {
                 assert_eq!(c.dest.as_deref(), Some("b@host:/dev/x"));
                 assert!(c.wait && c.receiver.session);
                 assert_eq!(c.stream.format, Format::V4);
-                assert_eq!(c.stream.compress, Some(1));
+                assert_eq!(
+                    c.stream.compress,
+                    Some(crate::stream::DEFAULT_COMPRESS_LEVEL)
+                );
             }
             c => panic!("{c:?}"),
         }

@@ -64,6 +64,12 @@ pub struct StreamInfo {
     pub snapback: bool,
 }
 
+/// The zstd level of `--compress` unless told otherwise: zstd's first fast level, which finds
+/// repeats as level 1 does but leaves literals uncoded. Each record is its own zstd frame, most
+/// of 4 KiB, and building Huffman tables for every one of them costs as much CPU as the rest
+/// of the compression, for an output some 2-5% smaller.
+pub const DEFAULT_COMPRESS_LEVEL: i32 = -1;
+
 /// How to write a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriterOptions {

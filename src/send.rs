@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::bounded;
 
+use rustix::fs::OFlags;
+
 use crate::blockdev::{
     direct_io_override, read_full_at, AlignedBuf, Device, DeviceKind, DIRECT_ALIGN,
 };
@@ -251,6 +253,10 @@ fn write_records<W: Write>(
         .map_or(2, |n| n.get())
         .min(depth);
     let encoders: Vec<RecordEncoder> = (0..encoders).map(|_| writer.encoder()).collect();
+    // Reads through the page cache need no aligned buffer: the data can go where its record
+    // does, when records hold it as it is.
+    let direct = rustix::fs::fcntl_getfl(&dev.file).is_ok_and(|f| f.contains(OFlags::DIRECT));
+    let in_place = !direct && encoders[0].stores_data_as_is();
     let groups = group_pieces(pieces, depth);
     run_pipeline(
         dev,
@@ -259,6 +265,7 @@ fn write_records<W: Write>(
         &groups,
         depth,
         encoders,
+        in_place,
         |batch: &EncodedRecords| {
             writer.write_encoded(batch)?;
             let t = writer.totals();
@@ -339,10 +346,15 @@ fn group_pieces(pieces: &[Extent], depth: usize) -> Vec<std::ops::Range<usize>> 
 struct Slot {
     buf: Option<AlignedBuf>,
     encoded: EncodedRecords,
+    /// The slot's own encoder when data is read straight into its records
+    /// ([`read_in_place`]); otherwise the shared encoders encode from `buf`.
+    in_place: Option<RecordEncoder>,
 }
 
 /// Reads and encodes every group with up to `depth` reads in flight, and hands the encoded
-/// groups to `write` in order.
+/// groups to `write` in order. `in_place`: data is read straight into its records (the
+/// encoders must store data as it is).
+#[allow(clippy::too_many_arguments)]
 fn run_pipeline(
     dev: &Device,
     path: &Path,
@@ -350,22 +362,30 @@ fn run_pipeline(
     groups: &[std::ops::Range<usize>],
     depth: usize,
     encoders: Vec<RecordEncoder>,
+    in_place: bool,
     mut write: impl FnMut(&EncodedRecords) -> Result<()>,
 ) -> Result<()> {
+    let slots = (depth * 2).min(groups.len() + depth);
+    let slot_encoders: Vec<Option<RecordEncoder>> = (0..slots)
+        .map(|_| in_place.then(|| encoders[0].fresh()))
+        .collect();
     let (enc_tx, enc_rx) = bounded::<RecordEncoder>(encoders.len());
     for e in encoders {
         enc_tx.send(e).unwrap();
     }
-    let slots = (depth * 2).min(groups.len() + depth);
     parallel::in_order(
         groups.len(),
         depth,
-        (0..slots).map(|_| Slot {
+        slot_encoders.into_iter().map(|in_place| Slot {
             buf: None,
             encoded: EncodedRecords::new(),
+            in_place,
         }),
         |g, slot| {
             let group = &pieces[groups[g].clone()];
+            if let Some(enc) = slot.in_place.as_mut() {
+                return read_in_place(dev, path, group, enc, &mut slot.encoded);
+            }
             read_group(dev, path, group, slot)?;
             let mut enc = enc_rx.recv().expect("encoders are always returned");
             let res = encode_group(&mut enc, group, slot);
@@ -387,17 +407,44 @@ fn read_group(dev: &Device, path: &Path, group: &[Extent], slot: &mut Slot) -> R
         .as_mut_slice();
     let mut at = 0;
     for p in group.iter().filter(|p| p.kind == ExtentKind::Data) {
-        let dst = &mut buf[at..at + p.len as usize];
-        let n = read_full_at(&dev.file, dst, p.offset)
-            .ctx(|| format!("{}: read failed at byte {}", path.display(), p.offset))?;
-        if n != dst.len() {
-            return Err(Error::Invalid(format!(
-                "{}: data source ends at byte {}, inside a changed range",
-                path.display(),
-                p.offset + n as u64
-            )));
-        }
+        read_piece(dev, path, p, &mut buf[at..at + p.len as usize])?;
         at += p.len as usize;
+    }
+    Ok(())
+}
+
+/// Reads the data piece `p` into `dst` (its length).
+fn read_piece(dev: &Device, path: &Path, p: &Extent, dst: &mut [u8]) -> Result<()> {
+    let n = read_full_at(&dev.file, dst, p.offset)
+        .ctx(|| format!("{}: read failed at byte {}", path.display(), p.offset))?;
+    if n != dst.len() {
+        return Err(Error::Invalid(format!(
+            "{}: data source ends at byte {}, inside a changed range",
+            path.display(),
+            p.offset + n as u64
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a group's data pieces straight into their records and encodes the group: the data is
+/// copied once (by the kernel, from the page cache) and checksummed while still in the CPU's
+/// cache.
+fn read_in_place(
+    dev: &Device,
+    path: &Path,
+    group: &[Extent],
+    enc: &mut RecordEncoder,
+    out: &mut EncodedRecords,
+) -> Result<()> {
+    out.clear();
+    for p in group {
+        match p.kind {
+            ExtentKind::Data => enc.data_in_place(p.offset, p.len as usize, out, |dst| {
+                read_piece(dev, path, p, dst)
+            })?,
+            ExtentKind::Zero => enc.zero(p.offset, p.len, out)?,
+        }
     }
     Ok(())
 }
@@ -424,9 +471,11 @@ mod tests {
     use crate::extent::ExtentList;
     use crate::stream::{Record, StreamReader};
 
-    /// Reads with O_DIRECT (as from a block device) and checks every record against the file.
+    /// Reads with O_DIRECT (as from a block device) and through the page cache (data read
+    /// straight into its records when they store it as it is): the same stream, every record
+    /// checked against the file.
     #[test]
-    fn direct_reads_send_the_same_bytes() {
+    fn direct_and_page_cache_reads_send_the_same_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("origin");
         let size = 8 << 20;
@@ -451,26 +500,42 @@ mod tests {
             volume_bytes: size as u64,
         };
         let pieces: Vec<Extent> = changes.extents.pieces(READ_PIECE).collect();
-        let dev = Device::open_read_direct(&path).expect("O_DIRECT on the test file system");
-        assert!(direct_io_wanted(&dev, &pieces) || dev.kind == DeviceKind::RegularFile);
-        for compress in [None, Some(1)] {
+        let direct = Device::open_read_direct(&path).expect("O_DIRECT on the test file system");
+        assert!(direct_io_wanted(&direct, &pieces) || direct.kind == DeviceKind::RegularFile);
+        let buffered = Device::open_read(&path).unwrap();
+        for (format, compress) in [
+            (Format::V3, None),
+            (Format::V4, None),
+            (Format::V4, Some(1)),
+        ] {
             let opts = SendOptions {
-                format: Format::V4,
+                format,
                 compress,
                 queue_depth: 8,
             };
-            let (stream, report) = send_from(
-                &dev,
-                &path,
-                &changes,
-                &pieces,
-                Vec::new(),
-                &opts,
-                &|_| {},
-                Instant::now(),
-                StreamExtras::default(),
-            )
-            .unwrap();
+            let send = |dev: &Device| {
+                send_from(
+                    dev,
+                    &path,
+                    &changes,
+                    &pieces,
+                    Vec::new(),
+                    &opts,
+                    &|_| {},
+                    Instant::now(),
+                    StreamExtras::default(),
+                )
+                .unwrap()
+            };
+            let (stream, report) = send(&direct);
+            let (through_cache, _) = send(&buffered);
+            assert!(
+                stream == through_cache,
+                "format {format:?}, compression {compress:?}: the streams differ"
+            );
+            if format == Format::V3 {
+                continue;
+            }
             assert_eq!(
                 report.totals.data_bytes + report.totals.zero_bytes,
                 changes.extents.total_bytes()

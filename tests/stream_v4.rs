@@ -113,6 +113,55 @@ fn encoded_batches_from_another_thread_match_direct_writes() {
 }
 
 #[test]
+fn data_encoded_in_place_matches_copied_data() {
+    for format in [Format::V3, Format::V4] {
+        let o = WriterOptions {
+            format,
+            ..opts(1 << 30, None)
+        };
+        let (copied, _) = write(&o, &sample());
+        let mut w = StreamWriter::new(Vec::new(), &o).unwrap();
+        let mut enc = w.encoder();
+        assert!(enc.stores_data_as_is());
+        let mut b = EncodedRecords::new();
+        for r in sample() {
+            match r {
+                Rec::Data(off, d) => {
+                    // A failed fill leaves the batch as it was.
+                    let before = b.wire_len();
+                    let failed = enc.data_in_place(off, d.len(), &mut b, |dst| {
+                        dst[0] = 0xee;
+                        Err(StreamError::Corrupt("read failed".into()))
+                    });
+                    assert!(matches!(failed, Err(StreamError::Corrupt(_))));
+                    assert_eq!(b.wire_len(), before);
+                    enc.data_in_place(off, d.len(), &mut b, |dst| {
+                        dst.copy_from_slice(&d);
+                        Ok::<_, StreamError>(())
+                    })
+                    .unwrap();
+                }
+                Rec::Zero(off, len) => enc.zero(off, len, &mut b).unwrap(),
+            }
+        }
+        w.write_encoded(&b).unwrap();
+        let (bytes, _) = w.finish().unwrap();
+        assert_eq!(bytes, copied, "format {format:?}");
+    }
+}
+
+#[test]
+fn a_compressing_encoder_does_not_encode_in_place() {
+    let w = StreamWriter::new(Vec::new(), &opts(1 << 30, Some(1))).unwrap();
+    let mut enc = w.encoder();
+    assert!(!enc.stores_data_as_is());
+    let mut b = EncodedRecords::new();
+    let refused = enc.data_in_place(0, 4096, &mut b, |_| Ok::<_, StreamError>(()));
+    assert!(matches!(refused, Err(StreamError::Invalid(_))));
+    assert!(b.is_empty());
+}
+
+#[test]
 fn writer_refuses_out_of_order_and_out_of_bounds() {
     let mut w = StreamWriter::new(Vec::new(), &opts(10000, None)).unwrap();
     w.data(4096, &[1; 100]).unwrap();

@@ -260,6 +260,11 @@ impl Encoder {
         }
     }
 
+    /// Whether payloads may be compressed.
+    pub(super) fn compresses(&self) -> bool {
+        self.level.is_some()
+    }
+
     /// An encoder with the same level and its own zstd context.
     pub(super) fn fresh(&self) -> Self {
         Encoder::new(self.level)
@@ -301,6 +306,20 @@ impl Encoder {
         wire[start..body].copy_from_slice(&header);
         Ok((digest, flags != 0))
     }
+}
+
+/// Writes the header of an uncompressed data record into `record` (header space, then the
+/// data); returns the record's digest.
+pub(super) fn finish_raw_data_record(offset: u64, record: &mut [u8]) -> [u8; 32] {
+    let (head, data) = record.split_at_mut(RECORD_HEADER_LEN);
+    head.copy_from_slice(&record_header(
+        TYPE_DATA,
+        0,
+        offset,
+        data.len() as u64,
+        data,
+    ));
+    data_digest(offset, data)
 }
 
 /// Appends a zero record to `wire`; returns its digest.

@@ -8,6 +8,7 @@
 #   BENCH_REPEAT=3 bench/run.sh  (best of 3 for every send, apply and fio figure; default 2)
 #   BENCH_E2E=4k-10% bench/run.sh (the change set the end-to-end rows sync; default 4k-1%)
 #   BENCH_FULL_GIB=1 bench/run.sh (size of the first-copy images; default 2)
+#   BENCH_BIN=/tmp/lvmsync.old bench/run.sh (measure that lvmsync binary instead of this tree's)
 #
 # Work files live in bench/out/ (git-ignored; about 3 x BENCH_GIB GiB of disk). Tools: fio,
 # rsync, sshd (scripts/setup-host.sh --bench). The table is printed at the end and kept in
@@ -33,7 +34,8 @@ done
 cargo build -q --release --bin lvmsync --example make_cow_store
 # Copies: a rebuild while the suite runs must not change what is measured.
 mkdir -p "$OUT/bin"
-cp target/release/lvmsync target/release/examples/make_cow_store "$OUT/bin/"
+cp "${BENCH_BIN:-target/release/lvmsync}" "$OUT/bin/lvmsync"
+cp target/release/examples/make_cow_store "$OUT/bin/"
 LVMSYNC=$OUT/bin/lvmsync
 GEN=$OUT/bin/make_cow_store
 ONLY=${BENCH_ONLY:-device send apply e2e verify changes full}

@@ -20,6 +20,7 @@ use crate::transport::{parse_destination, remote_command, Address, ReceiverOptio
 const USAGE: &str = "lvmsync [OPTIONS] SNAPSHOT [HOST:]DEST
        lvmsync [OPTIONS] --stdout SNAPSHOT
        lvmsync [OPTIONS] --full SNAPSHOT [HOST:]DEST|--stdout
+       lvmsync [OPTIONS] --checksum SOURCE [HOST:]DEST [--stdout]
        lvmsync [OPTIONS] --stdout --resume FILE SNAPSHOT
        lvmsync [OPTIONS] --apply FILE|- DEST
        lvmsync changes SNAPSHOT
@@ -158,6 +159,12 @@ pub struct SyncArgs {
     /// during the copy.
     #[arg(long)]
     pub full: bool,
+    /// No snapshot needed: compare SOURCE with DEST by hashes of every 4 KiB block, both read
+    /// at once, and send only the blocks that differ. A SOURCE written meanwhile gives a torn
+    /// copy: give a snapshot (or a volume not in use) as SOURCE. With --stdout, DEST is only
+    /// read, and the stream goes to standard output for a later --apply to that DEST.
+    #[arg(long)]
+    pub checksum: bool,
     /// With --stdout: finish the dump in FILE, cut short by an earlier run, in place (its
     /// valid start is kept, the rest appended; nothing goes to standard output).
     #[arg(long, value_name = "FILE", requires = "stdout")]
@@ -287,6 +294,9 @@ pub struct SendConfig {
     pub no_check: bool,
     /// Copy the whole snapshot (`--full`), not the changes since it.
     pub full: bool,
+    /// `--checksum`: DEST (`[HOST:]PATH`) to compare with; the source is a volume, not a
+    /// snapshot's changes. The stream goes to `target`.
+    pub checksum: Option<String>,
     /// Print what would be sent, and send nothing.
     pub dry_run: bool,
     pub progress: ProgressMode,
@@ -438,6 +448,9 @@ impl Cli {
             if a.full {
                 return Err(usage("--apply and --full cannot be used together"));
             }
+            if a.checksum {
+                return Err(usage("--apply and --checksum cannot be used together"));
+            }
             if a.stdout {
                 return Err(usage("--apply and --stdout cannot be used together"));
             }
@@ -481,6 +494,23 @@ impl Cli {
             ));
         }
         let offline = a.source.offline()?;
+        if a.checksum {
+            let given = [
+                (a.full, "--full"),
+                (offline.is_some(), "--cow or --thin-metadata"),
+                (a.source.data_source.is_some(), "--data-source"),
+                (a.source.base_source.is_some(), "--base-source"),
+                (a.resume.is_some(), "--resume"),
+                (a.no_check, "--no-check (its stream has no manifest: the comparison checks DEST)"),
+                (a.format == Format::V3, "--format 3 (it sends format 4)"),
+                (a.dry_run, "--dry-run (lvmsync verify --chunk 4K SOURCE [HOST:]DEST lists the ranges it would send)"),
+            ];
+            if let Some((_, what)) = given.iter().find(|(given, _)| *given) {
+                return Err(usage(format!(
+                    "--checksum compares SOURCE with DEST and takes no {what}"
+                )));
+            }
+        }
         if a.full {
             let given = [
                 (offline.is_some(), "--cow or --thin-metadata"),
@@ -507,6 +537,19 @@ impl Cli {
                 paths.next().ok_or_else(|| usage("no snapshot specified"))?,
             )),
         };
+        let checksum = match a.checksum {
+            // With --stdout too: DEST is read, not written.
+            true => Some(
+                paths
+                    .clone()
+                    .next()
+                    .ok_or_else(|| usage("--checksum needs SOURCE and [HOST:]DEST"))?,
+            ),
+            false => None,
+        };
+        if a.checksum && a.stdout {
+            paths.next();
+        }
         let target = if a.stdout {
             if a.snapback.is_some() {
                 return Err(usage("--snapback cannot be used with --stdout"));
@@ -544,6 +587,7 @@ impl Cli {
             base_source: a.source.base_source,
             no_check: a.no_check,
             full: a.full,
+            checksum,
             dry_run: a.dry_run,
             progress: a.progress,
             target,
@@ -566,6 +610,15 @@ impl Cli {
             if let Address::Remote { host, path } = parse_destination(dest) {
                 remote_command(&host, &path, &config.receiver, verbosity)?;
             }
+        }
+        if let Some(Address::Remote { host, path }) = config.checksum.as_deref().map(parse_destination) {
+            crate::verify::conn::remote_command(
+                &host,
+                &path,
+                &config.receiver.rsh,
+                &config.receiver.remote_path,
+                config.stream.queue_depth,
+            )?;
         }
         if let Some(file) = a.resume {
             return Ok(Config::Resume(ResumeConfig { file, send: config }));

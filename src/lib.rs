@@ -18,6 +18,7 @@
 
 pub mod apply;
 pub mod blockdev;
+pub mod checksum;
 pub mod cli;
 pub mod commands;
 pub mod error;

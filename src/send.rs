@@ -364,7 +364,7 @@ fn run_pipeline(
     encoders: Vec<RecordEncoder>,
     in_place: bool,
     mut write: impl FnMut(&EncodedRecords) -> Result<()>,
-) -> Result<()> {
+) -> Result<Vec<RecordEncoder>> {
     let slots = (depth * 2).min(groups.len() + depth);
     let slot_encoders: Vec<Option<RecordEncoder>> = (0..slots)
         .map(|_| in_place.then(|| encoders[0].fresh()))
@@ -396,7 +396,44 @@ fn run_pipeline(
             write(&slot.encoded)?;
             Ok(ControlFlow::Continue(()))
         },
-    )
+    )?;
+    // Every encoder is back once the pipeline ended: they are kept for the next call.
+    Ok(enc_rx.try_iter().collect())
+}
+
+/// Writes the data and zero records of `pieces` (sorted, each at most [`READ_PIECE`] bytes,
+/// after the records `writer` holds already), read from `dev` (`source`) with up to
+/// `queue_depth` reads in flight, without ending the stream: for a stream whose pieces become
+/// known as it is written ([`crate::checksum`]). `encoders` (at least one, made by
+/// `writer.encoder()`) are reused from call to call; `written` is called after each group.
+pub fn write_pieces<W: Write>(
+    writer: &mut StreamWriter<W>,
+    dev: &Device,
+    source: &Path,
+    pieces: &[Extent],
+    queue_depth: usize,
+    encoders: &mut Vec<RecordEncoder>,
+    mut written: impl FnMut(&StreamWriter<W>),
+) -> Result<()> {
+    let depth = queue_depth.max(1);
+    let groups = group_pieces(pieces, depth);
+    let direct = rustix::fs::fcntl_getfl(&dev.file).is_ok_and(|f| f.contains(OFlags::DIRECT));
+    let in_place = !direct && encoders[0].stores_data_as_is();
+    *encoders = run_pipeline(
+        dev,
+        source,
+        pieces,
+        &groups,
+        depth,
+        std::mem::take(encoders),
+        in_place,
+        |batch: &EncodedRecords| {
+            writer.write_encoded(batch)?;
+            written(writer);
+            Ok(())
+        },
+    )?;
+    Ok(())
 }
 
 /// Reads the data pieces of a group one after the other into the slot's buffer.

@@ -3,6 +3,7 @@
 //!
 //! - [`send`]: `lvmsync [--stdout] SNAPSHOT [[HOST:]DEST]`, the changes as a stream;
 //! - [`full`]: `lvmsync --full [--stdout] SNAPSHOT [[HOST:]DEST]`, the whole snapshot;
+//! - [`checksum`]: `lvmsync --checksum SOURCE [HOST:]DEST`, what differs, found by hashes;
 //! - [`apply`]: `lvmsync --apply FILE|- DEST`;
 //! - [`changes`]: `lvmsync changes SNAPSHOT`, the changed ranges as text;
 //! - [`info`]: `lvmsync info FILE|-`, a stream described and verified;
@@ -12,6 +13,7 @@
 
 pub mod apply;
 pub mod changes;
+pub mod checksum;
 pub mod full;
 pub mod info;
 pub mod replicate;
@@ -28,6 +30,7 @@ pub fn run(config: Config) -> Result<Exit> {
     let done = |r: Result<()>| r.map(|()| Exit::Success);
     match config {
         Config::Send(config) if config.full => done(full::run(config)),
+        Config::Send(config) if config.checksum.is_some() => done(checksum::run(config)),
         Config::Send(config) => done(send::run(config)),
         Config::Apply(config) => done(apply::run(&config)),
         Config::Changes(config) => done(changes::run(&config)),

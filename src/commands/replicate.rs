@@ -50,6 +50,7 @@ pub fn run(config: ReplicateConfig) -> Result<()> {
             base_source: None,
             no_check: false,
             full,
+            checksum: None,
             dry_run: false,
             progress: config.progress,
             target: SendTarget::Dest(dest.clone()),

@@ -22,6 +22,7 @@ pub fn run(config: SendConfig) -> Result<()> {
         base_source,
         no_check,
         full: _,
+        checksum: _,
         dry_run,
         progress: progress_mode,
         target,

@@ -203,7 +203,12 @@ pub struct Client<'a> {
     current: Vec<Piece>,
     outstanding: VecDeque<(u64, Vec<Piece>)>,
     differing: Vec<Range>,
+    /// Told of every differing piece as soon as it is known, in order.
+    on_differing: Option<OnDiffering<'a>>,
 }
+
+/// What a [`Client`] tells of each differing piece; an error stops the comparison.
+pub type OnDiffering<'a> = Box<dyn FnMut(Range) -> Result<()> + 'a>;
 
 impl<'a> Client<'a> {
     /// A client for `total` pieces.
@@ -217,7 +222,14 @@ impl<'a> Client<'a> {
             current: Vec::with_capacity(BATCH_PIECES.min(total as usize)),
             outstanding: VecDeque::new(),
             differing: Vec::new(),
+            on_differing: None,
         }
+    }
+
+    /// Tells `f` of every differing piece as soon as its batch is answered (a sync sends it
+    /// while the comparison goes on).
+    pub fn on_differing(&mut self, f: OnDiffering<'a>) {
+        self.on_differing = Some(f);
     }
 
     /// Takes the next pieces, in order.
@@ -283,7 +295,11 @@ impl<'a> Client<'a> {
                 })?;
             for (p, h) in ours.iter().zip(&theirs) {
                 if p.hash != *h {
-                    push_merged(&mut self.differing, Range::new(p.offset, p.len));
+                    let r = Range::new(p.offset, p.len);
+                    push_merged(&mut self.differing, r);
+                    if let Some(f) = self.on_differing.as_mut() {
+                        f(r)?;
+                    }
                 }
             }
         }

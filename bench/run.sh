@@ -4,7 +4,8 @@
 #
 #   bench/run.sh                 (BENCH_GIB=4: a 4 GiB origin; about 10 minutes on 2 cores)
 #   BENCH_GIB=1 bench/run.sh     (quick look)
-#   BENCH_ONLY="send apply" bench/run.sh   (some sections: device send apply e2e verify changes full)
+#   BENCH_ONLY="send apply" bench/run.sh   (some sections: device send apply e2e verify checksum
+#                                          changes full)
 #   BENCH_REPEAT=3 bench/run.sh  (best of 3 for every send, apply and fio figure; default 2)
 #   BENCH_E2E=4k-10% bench/run.sh (the change set the end-to-end rows sync; default 4k-1%)
 #   BENCH_FULL_GIB=1 bench/run.sh (size of the first-copy images; default 2)
@@ -38,7 +39,7 @@ cp "${BENCH_BIN:-target/release/lvmsync}" "$OUT/bin/lvmsync"
 cp target/release/examples/make_cow_store "$OUT/bin/"
 LVMSYNC=$OUT/bin/lvmsync
 GEN=$OUT/bin/make_cow_store
-ONLY=${BENCH_ONLY:-device send apply e2e verify changes full}
+ONLY=${BENCH_ONLY:-device send apply e2e verify checksum changes full}
 REPEAT=${BENCH_REPEAT:-2}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 
@@ -250,6 +251,9 @@ cmp "$ORIGIN" "$DEST" || { echo "bench: destination differs from the origin afte
 
 # ---------------------------------------------------------------- verify
 want verify && . "$ROOT/bench/verify.sh"
+
+# ---------------------------------------------------------------- sync without a snapshot
+want checksum && . "$ROOT/bench/checksum.sh"
 
 # ---------------------------------------------------------------- change listing
 want changes && for cache in cold warm; do

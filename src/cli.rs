@@ -611,7 +611,9 @@ impl Cli {
                 remote_command(&host, &path, &config.receiver, verbosity)?;
             }
         }
-        if let Some(Address::Remote { host, path }) = config.checksum.as_deref().map(parse_destination) {
+        if let Some(Address::Remote { host, path }) =
+            config.checksum.as_deref().map(parse_destination)
+        {
             crate::verify::conn::remote_command(
                 &host,
                 &path,

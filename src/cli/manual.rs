@@ -73,6 +73,17 @@ pub const DESCRIPTION: Section = Section {
                  a snapshot of a volume in use.",
             ),
             (
+                "lvmsync [OPTIONS] --checksum SOURCE [HOST:]DEST [--stdout]",
+                "No snapshot needed: both ends read their volume at once and hash every 4 KiB \
+                 block, and only the blocks that differ are sent (read from SOURCE) while the \
+                 comparison goes on, as a format 4 stream: --snapback, -z and --progress work \
+                 as for any sync. SOURCE and DEST are any block devices or image files; a DEST \
+                 smaller than SOURCE is refused before anything is written. A SOURCE written \
+                 meanwhile gives a torn copy (each block as it was when read): give a snapshot \
+                 as SOURCE for a consistent one. With --stdout, DEST is only read and the \
+                 stream goes to standard output, for --apply to that DEST later.",
+            ),
+            (
                 "lvmsync [OPTIONS] --stdout --resume FILE SNAPSHOT",
                 "Finish a dump that an earlier --stdout run into FILE left cut short (a crash, a \
                  full disk), in place: FILE must be a regular file holding the start of the \

@@ -32,7 +32,9 @@ pub fn run(config: SendConfig) -> Result<()> {
         ..
     } = config;
     let (ChangeSourceSpec::Snapshot(path), Some(dest)) = (source, checksum) else {
-        return Err(Error::Usage("--checksum needs SOURCE and [HOST:]DEST".into()));
+        return Err(Error::Usage(
+            "--checksum needs SOURCE and [HOST:]DEST".into(),
+        ));
     };
     if stream.format != Format::V4 {
         return Err(Error::Usage("--checksum sends format 4".into()));

@@ -1,8 +1,6 @@
 //! `lvmsync --checksum SOURCE [HOST:]DEST [--stdout]`: a sync without a snapshot, sending what
 //! differs as both ends hash their volume ([`crate::checksum`]).
 
-use std::path::PathBuf;
-
 use indicatif::HumanBytes;
 use serde::Serialize;
 
@@ -118,7 +116,7 @@ pub fn run(config: SendConfig) -> Result<()> {
 /// Where DEST's side of the comparison runs.
 fn compare_target(dest: &str, receiver: &ReceiverOptions) -> Target {
     match parse_destination(dest) {
-        Address::Local(path) => Target::Local(PathBuf::from(path)),
+        Address::Local(path) => Target::Local(path),
         Address::Remote { host, path } => Target::Remote {
             host,
             path,

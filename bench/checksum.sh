@@ -7,7 +7,7 @@
 # of the two images over ssh, plus sending the differing blocks (a sync of exactly those
 # blocks, listed by the store that scrambled them, --no-check). The bytes on the wire of both
 # ssh connections are counted by a wrapper around ssh that appends a copy of each direction to
-# two files (the label of the row gives them, with the differing data), and compared with
+# two files (the label of the row gives them; MB is the differing data), and compared with
 # rsync --inplace --no-whole-file on the same images (its own count of bytes sent and
 # received). bdsync and blocksync, two other block-device syncs, are not packaged in Debian 12.
 CA=$OUT/verify-a.img
@@ -40,23 +40,27 @@ best ts "$cprep" "$LVMSYNC" -q --no-check -e "$RSH" --remote-path "$LVMSYNC" --c
   --data-source "$CA" "127.0.0.1:$CB"
 cmp "$CA" "$CB" || { echo "bench: the send of the differing blocks left them different" >&2; exit 1; }
 record checksum "verify ssh" cold "$CDIFF" "$tv" ""
-record checksum "send of the differing blocks ssh" cold "$CDIFF" "$ts" ""
-CREF="checksum/verify ssh + send of the differing blocks/cold"
-record checksum "verify ssh + send of the differing blocks" cold "$CDIFF" "$(echo "$tv + $ts" | bc -l)" ""
+record checksum "send of the differing ssh" cold "$CDIFF" "$ts" ""
+CREF="checksum/verify + send ssh/cold"
+record checksum "verify + send ssh" cold "$CDIFF" "$(echo "$tv + $ts" | bc -l)" ""
 # lvmsync --checksum, locally and over ssh (the bytes of both connections counted).
 best t "$cprep" "$LVMSYNC" -q --checksum "$CA" "$CB"
 cmp "$CA" "$CB" || { echo "bench: --checksum left the images different" >&2; exit 1; }
-record checksum "lvmsync --checksum local" cold "$CDIFF" "$t" "$CREF"
+record checksum "--checksum local" cold "$CDIFF" "$t" "$CREF"
 best t "$cprep" "$LVMSYNC" -q --checksum -e "$CRSH" --remote-path "$LVMSYNC" "$CA" "127.0.0.1:$CB"
 cmp "$CA" "$CB" || { echo "bench: --checksum left the images different" >&2; exit 1; }
-record checksum "lvmsync --checksum ssh: $(wire) B on the wire, $CDIFF B differ" cold "$CDIFF" "$t" "$CREF"
+record checksum "--checksum ssh: $(wire) B wire" cold "$CDIFF" "$t" "$CREF"
 best t "$cprep" "$LVMSYNC" -q --checksum -z -e "$CRSH" --remote-path "$LVMSYNC" "$CA" "127.0.0.1:$CB"
 cmp "$CA" "$CB" || { echo "bench: --checksum -z left the images different" >&2; exit 1; }
-record checksum "lvmsync --checksum -z ssh: $(wire) B on the wire" cold "$CDIFF" "$t" "$CREF"
+record checksum "--checksum -z ssh: $(wire) B wire" cold "$CDIFF" "$t" "$CREF"
+# Equal images: nothing is sent, the comparison's exchange alone crosses.
+best t 'drop "$CA" "$CB"; rm -f "$OUT/up" "$OUT/down"' "$LVMSYNC" -q --checksum -e "$CRSH" \
+  --remote-path "$LVMSYNC" "$CA" "127.0.0.1:$CB"
+record checksum "--checksum ssh, equal: $(wire) B wire" cold 0 "$t" ""
 # rsync's delta transfer on the same images: its own count of the bytes it sent and received.
 best t "$cprep" sh -c 'rsync -I --inplace --no-whole-file --stats -e "$0" "$1" "127.0.0.1:$2" >"$3"' \
   "$RSH" "$CA" "$CB" "$OUT/rsync.stats"
 cmp "$CA" "$CB" || { echo "bench: rsync left the images different" >&2; exit 1; }
 rwire=$(awk -F': ' '/^Total bytes (sent|received)/ {gsub(",", "", $2); s+=$2} END {print s}' "$OUT/rsync.stats")
-record checksum "rsync --inplace --no-whole-file ssh: $rwire B on the wire" cold "$CDIFF" "$t" "$CREF"
+record checksum "rsync ssh: $rwire B wire" cold "$CDIFF" "$t" "$CREF"
 rm -f "$OUT/up" "$OUT/down" "$OUT/rsync.stats"

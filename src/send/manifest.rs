@@ -2,75 +2,90 @@
 //! range, as digests, read from the prior source) and, on a live session, the answers to the
 //! receiver's questions (digests of the new contents of the ranges it asks about).
 
+use std::ops::{ControlFlow, Range};
 use std::path::Path;
 
 use crate::blockdev::{read_full_at, Device};
 use crate::error::{Error, IoContext, Result};
 use crate::extent::{Extent, ExtentKind};
+use crate::parallel;
 use crate::source::cow::ExceptionStore;
 use crate::source::PriorSource;
 use crate::stream::manifest::{self, block_digests, BlockDigest, ManifestBuilder, DIGEST_BLOCK};
 use crate::stream::StreamWriter;
 
-/// Bytes read at once (in parallel) while computing digests.
-const GROUP_BYTES: u64 = 8 << 20;
+/// Most bytes of consecutive pieces read and hashed as one task of the reader pool.
+const TASK_BYTES: u64 = 1 << 20;
+/// Most pieces in one task.
+const TASK_PIECES: usize = 256;
 /// Reads in flight.
 const DEPTH: usize = 32;
 
-/// The digests of `contents` of every piece, computed in groups read in parallel and handed to
-/// `each` in order. `read(piece, buf)` fills `buf` with the piece's contents (a zero piece of the
-/// new contents is not read: it is zeros).
+/// A task's digests, every piece's in turn, and how many each piece has; with the read
+/// buffer, reused from task to task.
+#[derive(Default)]
+struct DigestSlot {
+    buf: Vec<u8>,
+    digests: Vec<BlockDigest>,
+    counts: Vec<usize>,
+}
+
+/// The digests of `contents` of every piece, computed by a pool of readers that keeps
+/// [`DEPTH`] reads in flight from the first piece to the last, and handed to `each` in order.
+/// `read(piece, buf)` fills `buf` with the piece's contents (a zero piece of the new contents
+/// is not read: it is zeros).
 fn digests_in_order(
     pieces: &[Extent],
     read: &(dyn Fn(&Extent, &mut [u8]) -> Result<()> + Sync),
     each: &mut dyn FnMut(&Extent, &[BlockDigest]) -> Result<()>,
 ) -> Result<()> {
-    let mut start = 0;
-    while start < pieces.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < pieces.len() && (end == start || bytes + pieces[end].len <= GROUP_BYTES) {
-            bytes += pieces[end].len;
-            end += 1;
-        }
-        let group = &pieces[start..end];
-        let results: Vec<std::sync::Mutex<Vec<BlockDigest>>> =
-            group.iter().map(|_| Default::default()).collect();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let failed = std::sync::Mutex::new(None);
-        std::thread::scope(|s| {
-            for _ in 0..DEPTH.min(group.len()) {
-                s.spawn(|| {
-                    let mut buf = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= group.len() || failed.lock().unwrap().is_some() {
-                            break;
-                        }
-                        let p = &group[i];
-                        buf.resize(p.len as usize, 0);
-                        match read(p, &mut buf) {
-                            Ok(()) => {
-                                let mut d = results[i].lock().unwrap();
-                                block_digests(&buf, DIGEST_BLOCK, &mut d);
-                            }
-                            Err(e) => {
-                                failed.lock().unwrap().get_or_insert(e);
-                            }
-                        }
-                    }
-                });
+    let tasks = tasks(pieces);
+    parallel::in_order(
+        tasks.len(),
+        DEPTH,
+        (0..(DEPTH * 2).min(tasks.len() + DEPTH)).map(|_| DigestSlot::default()),
+        |t, slot| {
+            slot.digests.clear();
+            slot.counts.clear();
+            for p in &pieces[tasks[t].clone()] {
+                slot.buf.resize(p.len as usize, 0);
+                read(p, &mut slot.buf)?;
+                let before = slot.digests.len();
+                block_digests(&slot.buf, DIGEST_BLOCK, &mut slot.digests);
+                slot.counts.push(slot.digests.len() - before);
             }
-        });
-        if let Some(e) = failed.into_inner().unwrap() {
-            return Err(e);
+            Ok(())
+        },
+        |t, slot| {
+            let mut at = 0;
+            for (p, &n) in pieces[tasks[t].clone()].iter().zip(&slot.counts) {
+                each(p, &slot.digests[at..at + n])?;
+                at += n;
+            }
+            Ok(ControlFlow::Continue(()))
+        },
+    )
+}
+
+/// Cuts `pieces` into runs of consecutive pieces of at most [`TASK_BYTES`] in all (a longer
+/// piece alone), small enough that every reader has several runs to work on.
+fn tasks(pieces: &[Extent]) -> Vec<Range<usize>> {
+    let max_count = (pieces.len() / (DEPTH * 4)).clamp(1, TASK_PIECES);
+    let mut tasks = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, p) in pieces.iter().enumerate() {
+        if i > start && (i - start >= max_count || bytes + p.len > TASK_BYTES) {
+            tasks.push(start..i);
+            start = i;
+            bytes = 0;
         }
-        for (p, d) in group.iter().zip(results) {
-            each(p, &d.into_inner().unwrap())?;
-        }
-        start = end;
+        bytes += p.len;
     }
-    Ok(())
+    if start < pieces.len() {
+        tasks.push(start..pieces.len());
+    }
+    tasks
 }
 
 fn read_exactly(dev: &Device, path: &Path, what: &str, offset: u64, buf: &mut [u8]) -> Result<()> {

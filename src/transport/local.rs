@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::apply::{apply_with, ApplyContext, ApplyOptions};
-use crate::error::{IoContext, Named, Result};
+use crate::error::{Error, IoContext, Named, Result};
 use crate::msg::Verbosity;
 use crate::session::{Hello, Message};
 
@@ -152,8 +152,9 @@ impl LocalReceiver {
         }
     }
 
-    /// Sends a stream: `write` writes it whole into the pipe. The receiver's error comes first:
-    /// it explains a broken pipe on the sending side.
+    /// Sends a stream: `write` writes it whole into the pipe. The receiver's error comes first
+    /// when it explains the sender's (a broken pipe, an ended session); the sender's own
+    /// failure comes first otherwise.
     pub fn send<T>(
         self,
         write: impl FnOnce(&mut dyn Write, Option<&mut dyn Read>) -> Result<T>,
@@ -215,7 +216,14 @@ impl LocalReceiver {
                 _ => Ok(()),
             };
             drop(back);
-            let applied = receiver.join().expect("receiver thread panicked")?;
+            let applied = receiver.join().expect("receiver thread panicked");
+            // The sender's own failure explains why the stream stopped (the receiver then saw
+            // it end early); a broken pipe or an ended session is the receiver's.
+            if matches!(&sent, Err(e) if !super::is_broken_pipe(e) && !matches!(e, Error::Receiver(_)))
+            {
+                return sent;
+            }
+            let applied = applied?;
             if self.verbosity >= Verbosity::Normal {
                 for note in applied.notes(options, dest) {
                     crate::say!("lvmsync: {note}");
@@ -270,6 +278,42 @@ mod tests {
         sender.join().unwrap();
         assert!(got == data);
         assert_eq!(reader.read(&mut buf).unwrap(), 0);
+    }
+
+    /// A sender that fails on its own half-way (a read error, a comparison that broke off)
+    /// is told by its own error, not by the receiver's account of a stream that stopped.
+    #[test]
+    fn the_senders_own_failure_comes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("dest");
+        std::fs::write(&dest, vec![7u8; 1 << 20]).unwrap();
+        for session in [false, true] {
+            let receiver = LocalReceiver::new(
+                dest.clone(),
+                ApplyOptions::default(),
+                session,
+                Verbosity::Quiet,
+            );
+            let err = receiver
+                .send(|out, _back| -> Result<()> {
+                    let opts = crate::stream::WriterOptions {
+                        format: crate::stream::Format::V4,
+                        source_bytes: 1 << 20,
+                        chunk_bytes: 4096,
+                        compress: None,
+                        snapback: false,
+                    };
+                    let mut w = crate::stream::StreamWriter::new(out, &opts)?;
+                    w.data(4096, &[1u8; 4096])?;
+                    w.flush()?;
+                    Err(crate::error::Error::Invalid(
+                        "source.img: read failed at byte 8192".into(),
+                    ))
+                })
+                .unwrap_err();
+            assert_eq!(err.to_string(), "source.img: read failed at byte 8192");
+        }
+        assert_eq!(std::fs::read(&dest).unwrap(), vec![7u8; 1 << 20]);
     }
 
     #[test]

@@ -82,6 +82,25 @@ pub struct ReplicateArgs {
     /// Wait for another replicate run of the same LV to end instead of refusing to start.
     #[arg(long)]
     pub wait: bool,
+    /// Move the volume: repeat rounds until one is within --until, run --final-hook, make a
+    /// last round, run --after-hook, and report the downtime.
+    #[arg(long, conflicts_with = "status")]
+    pub converge: bool,
+    /// --converge: a round is small enough when it sends at most SIZE (64M, 512K, 1G) or takes
+    /// at most TIME (5s, 500ms).
+    #[arg(long, value_name = "SIZE|TIME", value_parser = crate::replicate::converge::Until::parse, requires = "converge")]
+    pub until: Option<crate::replicate::converge::Until>,
+    /// --converge: fail, running no hook, when this many rounds were all larger than --until
+    /// [default: 10].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), requires = "converge")]
+    pub max_passes: Option<u32>,
+    /// --converge: run with sh -c before the last round (stop the service, fsfreeze -f);
+    /// its failure ends the run.
+    #[arg(long, value_name = "CMD", requires = "converge")]
+    pub final_hook: Option<String>,
+    /// --converge: run with sh -c after the last round (start the service on the other side).
+    #[arg(long, value_name = "CMD", requires = "converge")]
+    pub after_hook: Option<String>,
     /// Remote shell command used to reach HOST.
     #[arg(short = 'e', long, value_name = "CMD", default_value = "ssh")]
     pub rsh: String,
@@ -265,6 +284,8 @@ pub struct ReplicateConfig {
     pub dest: Option<String>,
     pub snapshot_size: Option<crate::replicate::SnapshotSize>,
     pub wait: bool,
+    /// `--converge` and its options.
+    pub converge: Option<crate::replicate::converge::ConvergePlan>,
     pub progress: ProgressMode,
     /// How each send's stream is written.
     pub stream: SendOptions,
@@ -651,6 +672,20 @@ fn replicate_config(r: ReplicateArgs) -> Result<Config> {
         (false, true) => Verbosity::Verbose,
         (false, false) => Verbosity::Normal,
     };
+    let converge = if r.converge {
+        Some(crate::replicate::converge::ConvergePlan {
+            until: r.until.ok_or_else(|| {
+                usage("replicate --converge needs --until SIZE|TIME (e.g. 64M or 5s)")
+            })?,
+            max_passes: r
+                .max_passes
+                .unwrap_or(crate::replicate::converge::DEFAULT_MAX_PASSES),
+            final_hook: r.final_hook,
+            after_hook: r.after_hook,
+        })
+    } else {
+        None
+    };
     let receiver = ReceiverOptions {
         snapback: None,
         force: false,
@@ -667,6 +702,7 @@ fn replicate_config(r: ReplicateArgs) -> Result<Config> {
         dest,
         snapshot_size: r.snapshot_size,
         wait: r.wait,
+        converge,
         progress: r.progress,
         stream: SendOptions {
             format: Format::V4,
@@ -777,6 +813,83 @@ mod tests {
         assert!(matches!(
             status,
             Config::Replicate(ReplicateConfig { dest: None, .. })
+        ));
+    }
+
+    #[test]
+    fn replicate_converge_parses() {
+        use crate::replicate::converge::{ConvergePlan, Until};
+        let args = [
+            "replicate",
+            "--converge",
+            "--until",
+            "5s",
+            "--final-hook",
+            "systemctl stop app",
+            "--after-hook",
+            "ssh b systemctl start app",
+            "vg/lv",
+            "b:/dev/vg/lv",
+        ];
+        match config(&args).unwrap() {
+            Config::Replicate(c) => assert_eq!(
+                c.converge,
+                Some(ConvergePlan {
+                    until: Until::Time(std::time::Duration::from_secs(5)),
+                    max_passes: 10,
+                    final_hook: Some("systemctl stop app".into()),
+                    after_hook: Some("ssh b systemctl start app".into()),
+                })
+            ),
+            c => panic!("{c:?}"),
+        }
+        let args = [
+            "replicate",
+            "--converge",
+            "--until",
+            "64M",
+            "--max-passes",
+            "3",
+        ];
+        match config(&[&args[..], &["vg/lv", "/dev/vg/copy"]].concat()).unwrap() {
+            Config::Replicate(c) => {
+                let plan = c.converge.unwrap();
+                assert_eq!(plan.until, Until::Bytes(64 << 20));
+                assert_eq!(plan.max_passes, 3);
+                assert_eq!((plan.final_hook, plan.after_hook), (None, None));
+            }
+            c => panic!("{c:?}"),
+        }
+        match config(&["replicate", "vg/lv", "/dev/vg/copy"]).unwrap() {
+            Config::Replicate(c) => assert_eq!(c.converge, None),
+            c => panic!("{c:?}"),
+        }
+        for (args, says) in [
+            (&["--converge"][..], "needs --until"),
+            (&["--until", "5s"], "--converge"),
+            (&["--final-hook", "true"], "--converge"),
+            (&["--after-hook", "true"], "--converge"),
+            (&["--max-passes", "3"], "--converge"),
+            (&["--converge", "--until", "5"], "give a unit"),
+            (&["--converge", "--until", "5x"], "expected a size"),
+            (&["--converge", "--until", "1s", "--max-passes", "0"], "0"),
+        ] {
+            let full = [&["replicate"][..], args, &["vg/lv", "/dev/vg/copy"]].concat();
+            match config(&full) {
+                Err(Error::Usage(m)) => assert!(m.contains(says), "{args:?}: {m}"),
+                r => panic!("{args:?}: {r:?}"),
+            }
+        }
+        assert!(matches!(
+            config(&[
+                "replicate",
+                "--status",
+                "--converge",
+                "--until",
+                "1s",
+                "vg/lv"
+            ]),
+            Err(Error::Usage(_))
         ));
     }
 

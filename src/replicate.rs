@@ -617,5 +617,7 @@ impl LvLock {
     }
 }
 
+pub mod converge;
+
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,8 @@ use crate::transport::{parse_destination, Address, Destination, SendTarget};
 
 use super::send::{print_dry_run, DoneLine, PlanLine};
 
-pub fn run(config: SendConfig) -> Result<()> {
+/// Copies; gives back the bytes of the volume sent (all of them).
+pub fn run(config: SendConfig) -> Result<u64> {
     let SendConfig {
         source,
         target,
@@ -70,7 +71,7 @@ pub fn run(config: SendConfig) -> Result<()> {
     }
     if dry_run {
         print_dry_run(&plan, &stream, false, &known, &target, verbosity)?;
-        return source.close();
+        return source.close().map(|()| 0);
     }
     let reporter = Reporter::new(progress_mode, verbosity, "copy", source.volume_bytes);
     let start = Instant::now();
@@ -99,7 +100,7 @@ pub fn run(config: SendConfig) -> Result<()> {
     if verbosity >= Verbosity::Normal {
         print_report(&report, elapsed, volume_bytes, stream.format);
     }
-    Ok(())
+    Ok(volume_bytes)
 }
 
 /// Refuses a local destination smaller than the volume before anything is read (a format 4

@@ -29,9 +29,9 @@ use crate::exit::Exit;
 pub fn run(config: Config) -> Result<Exit> {
     let done = |r: Result<()>| r.map(|()| Exit::Success);
     match config {
-        Config::Send(config) if config.full => done(full::run(config)),
+        Config::Send(config) if config.full => done(full::run(config).map(drop)),
         Config::Send(config) if config.checksum.is_some() => done(checksum::run(config)),
-        Config::Send(config) => done(send::run(config)),
+        Config::Send(config) => done(send::run(config).map(drop)),
         Config::Apply(config) => done(apply::run(&config)),
         Config::Changes(config) => done(changes::run(&config)),
         Config::Info(config) => done(info::run(&config)),

@@ -1,14 +1,24 @@
 //! `lvmsync replicate VG/LV [HOST:]DEST`: one round of keeping DEST a copy of VG/LV
 //! ([`crate::replicate`]), each send made as `lvmsync --full` or `lvmsync --data-source` would;
+//! with `--converge`, rounds until one is small, the hooks and a last round
+//! ([`crate::replicate::converge`]);
 //! `lvmsync replicate --status VG/LV`: its destinations.
 
+use std::cell::Cell;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
+use std::time::Duration;
 
-use crate::cli::{ReplicateConfig, SendConfig};
+use indicatif::HumanBytes;
+
+use crate::cli::{ProgressMode, ReplicateConfig, SendConfig};
 use crate::error::{Error, IoContext, Named, Result, STDOUT_WRITE};
 use crate::lvm::manage::SystemLvm;
 use crate::msg::Verbosity;
+use crate::progress;
+use crate::replicate::converge::{
+    self, ConvergePlan, Converged, Event, HookEnv, HookStatus, PassResult,
+};
 use crate::replicate::{
     self, origin_lv, LvLock, Outcome, Request, Role, Step, Transfer, LOCK_DIR, STOPPED_STATUS,
     STOP_ENV,
@@ -39,6 +49,7 @@ pub fn run(config: ReplicateConfig) -> Result<()> {
         snapshot_size: config.snapshot_size,
         verbosity: config.verbosity,
     };
+    let sent = Cell::new(0u64);
     let mut send = |t: &Transfer| {
         let (source, data_source, full) = match t {
             Transfer::Full { snapshot } => (snapshot.clone(), None, true),
@@ -58,29 +69,177 @@ pub fn run(config: ReplicateConfig) -> Result<()> {
             receiver: config.receiver.clone(),
             verbosity: config.verbosity,
         };
-        if full {
-            super::full::run(send)
+        let bytes = if full {
+            super::full::run(send)?
         } else {
-            super::send::run(send)
-        }
+            super::send::run(send)?
+        };
+        sent.set(bytes);
+        Ok(())
     };
     let stop = |s: Step| stop_after == Some(s);
-    match replicate::replicate(&lvm, &request, &mut send, &stop)? {
-        Outcome::Done { base, full } => {
-            if config.verbosity >= Verbosity::Normal {
+    let stopped = |step: Step| -> ! {
+        crate::say!(
+            "lvmsync: stopped after step {} ({STOP_ENV}), as a crash there would",
+            step.name()
+        );
+        std::process::exit(STOPPED_STATUS.into());
+    };
+    let Some(plan) = &config.converge else {
+        return match replicate::replicate(&lvm, &request, &mut send, &stop)? {
+            Outcome::Done { base, full } => {
+                if config.verbosity >= Verbosity::Normal {
+                    crate::say!(
+                        "lvmsync: {dest} now holds {base}{}, its base for the next run",
+                        if full { " (a whole copy)" } else { "" }
+                    );
+                }
+                Ok(())
+            }
+            Outcome::Stopped(step) => stopped(step),
+        };
+    };
+    let mut pass = |_n: u32| -> Result<PassResult> {
+        sent.set(0);
+        Ok(
+            match replicate::replicate(&lvm, &request, &mut send, &stop)? {
+                Outcome::Done { base, full } => PassResult::Done {
+                    bytes: sent.get(),
+                    full,
+                    base,
+                },
+                Outcome::Stopped(step) => PassResult::Stopped(step),
+            },
+        )
+    };
+    let env = HookEnv {
+        lv: name.clone(),
+        dest: dest.clone(),
+    };
+    let json = config.progress == ProgressMode::Json;
+    let normal = config.verbosity >= Verbosity::Normal;
+    let mut report = |e: Event<'_>| report_event(&e, plan, json, normal);
+    match converge::converge(plan, &env, &mut pass, &mut converge::run_hook, &mut report)? {
+        Converged::CutOver { final_pass, .. } => {
+            if normal {
                 crate::say!(
-                    "lvmsync: {dest} now holds {base}{}, its base for the next run",
-                    if full { " (a whole copy)" } else { "" }
+                    "lvmsync: {dest} now holds {}, its base for the next run",
+                    final_pass.base
                 );
             }
             Ok(())
         }
-        Outcome::Stopped(step) => {
-            crate::say!(
-                "lvmsync: stopped after step {} ({STOP_ENV}), as a crash there would",
-                step.name()
-            );
-            std::process::exit(STOPPED_STATUS.into());
+        Converged::Stopped(step) => stopped(step),
+    }
+}
+
+/// One line on standard error per event, and with `--progress=json` one JSON object.
+fn report_event(e: &Event<'_>, plan: &ConvergePlan, json: bool, normal: bool) {
+    let secs = |d: Duration| d.as_secs_f64();
+    match e {
+        Event::Pass {
+            number,
+            pass,
+            last,
+            small,
+        } => {
+            if json {
+                progress::event(&serde_json::json!({
+                    "event": "pass",
+                    "pass": number,
+                    "final": last,
+                    "full": pass.full,
+                    "bytes": pass.bytes,
+                    "elapsed_s": secs(pass.elapsed),
+                    "within_until": small,
+                }));
+            }
+            if normal {
+                let what = if *last {
+                    "final pass".to_string()
+                } else {
+                    format!("pass {number}")
+                };
+                let next = match (last, small) {
+                    (true, _) => String::new(),
+                    (false, true) => format!("; within --until {}: the cut-over", plan.until),
+                    (false, false) => format!("; more than --until {}: another pass", plan.until),
+                };
+                crate::say!(
+                    "lvmsync: {what}: {}{} in {:.2} s{next}",
+                    HumanBytes(pass.bytes),
+                    if pass.full { " (a whole copy)" } else { "" },
+                    secs(pass.elapsed)
+                );
+            }
+        }
+        Event::HookStart { hook, command } => {
+            if json {
+                progress::event(&serde_json::json!({
+                    "event": "hook_start",
+                    "hook": hook.name(),
+                    "command": command,
+                }));
+            }
+            if normal {
+                crate::say!("lvmsync: running the {} hook: {command}", hook.name());
+            }
+        }
+        Event::HookEnd {
+            hook,
+            elapsed,
+            status,
+        } => {
+            if json {
+                let exit = match status {
+                    HookStatus::Exited(c) => Some(*c),
+                    _ => None,
+                };
+                progress::event(&serde_json::json!({
+                    "event": "hook_end",
+                    "hook": hook.name(),
+                    "ok": status.ok(),
+                    "exit_status": exit,
+                    "status": status.to_string(),
+                    "elapsed_s": secs(*elapsed),
+                }));
+            }
+            if normal && status.ok() {
+                crate::say!(
+                    "lvmsync: the {} hook ended in {:.2} s",
+                    hook.name(),
+                    secs(*elapsed)
+                );
+            }
+        }
+        Event::Downtime {
+            downtime,
+            final_pass,
+        } => {
+            if json {
+                progress::event(&serde_json::json!({
+                    "event": "downtime",
+                    "downtime_s": secs(*downtime),
+                    "final_pass_bytes": final_pass.bytes,
+                    "final_pass_s": secs(final_pass.elapsed),
+                }));
+            }
+            if normal {
+                crate::say!(
+                    "lvmsync: downtime {:.2} s, from the start of the {} to the end of the {}",
+                    secs(*downtime),
+                    if plan.final_hook.is_some() {
+                        "final hook"
+                    } else {
+                        "final pass"
+                    },
+                    if plan.after_hook.is_some() {
+                        "after hook"
+                    } else {
+                        "final pass"
+                    },
+                );
+            }
         }
     }
 }

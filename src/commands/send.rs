@@ -15,7 +15,8 @@ use crate::source::{self, ChangeSet};
 use crate::stream::Format;
 use crate::transport::{Destination, SendTarget};
 
-pub fn run(config: SendConfig) -> Result<()> {
+/// Sends; gives back the bytes of the volume sent (the changed ranges).
+pub fn run(config: SendConfig) -> Result<u64> {
     let SendConfig {
         source,
         data_source,
@@ -71,7 +72,8 @@ pub fn run(config: SendConfig) -> Result<()> {
         progress::event(&PlanLine::new(&plan, &stream, manifest, changes, dry_run));
     }
     if dry_run {
-        return print_dry_run(&plan, &stream, manifest, changes, &target, verbosity);
+        print_dry_run(&plan, &stream, manifest, changes, &target, verbosity)?;
+        return Ok(0);
     }
     let reporter = Reporter::new(
         progress_mode,
@@ -109,7 +111,7 @@ pub fn run(config: SendConfig) -> Result<()> {
     if verbosity >= Verbosity::Normal {
         print_report(&report, changes);
     }
-    Ok(())
+    Ok(changes.extents.total_bytes())
 }
 
 /// `--dry-run`: the ranges on standard output (as `lvmsync changes` prints them), what the

@@ -469,3 +469,426 @@ fn volumes_are_named_vg_slash_lv() {
         assert!(matches!(split_lv(bad), Err(Error::Usage(_))), "{bad}");
     }
 }
+
+mod converging {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::super::converge::*;
+    use super::*;
+
+    #[test]
+    fn until_parses_sizes_and_times() {
+        for (s, want) in [
+            ("64M", Until::Bytes(64 * MIB)),
+            ("64m", Until::Bytes(64 * MIB)),
+            ("512K", Until::Bytes(512 << 10)),
+            ("1G", Until::Bytes(1 << 30)),
+            ("2t", Until::Bytes(2 << 40)),
+            ("0b", Until::Bytes(0)),
+            ("100B", Until::Bytes(100)),
+            ("5s", Until::Time(Duration::from_secs(5))),
+            ("0.5s", Until::Time(Duration::from_millis(500))),
+            ("250ms", Until::Time(Duration::from_millis(250))),
+            ("250MS", Until::Time(Duration::from_millis(250))),
+        ] {
+            assert_eq!(Until::parse(s), Ok(want), "{s}");
+        }
+        for (s, says) in [
+            ("5", "give a unit"),
+            ("", "give a unit"),
+            ("s", "expected a size"),
+            ("5x", "expected a size"),
+            ("1.5M", "expected a size"),
+            ("-5s", "expected a size"),
+            ("5 s", "expected a size"),
+            ("1..2s", "expected a size"),
+            ("99999999999999999999M", "expected a size"),
+            ("20000000t", "expected a size"),
+            ("1e400s", "expected a size"),
+        ] {
+            let e = Until::parse(s).unwrap_err();
+            assert!(e.contains(says), "{s}: {e}");
+        }
+    }
+
+    fn pass(bytes: u64, ms: u64) -> Pass {
+        Pass {
+            bytes,
+            elapsed: Duration::from_millis(ms),
+            full: false,
+            base: "vg/lv-lvmsync-1".into(),
+        }
+    }
+
+    #[test]
+    fn a_pass_is_small_when_within_until_inclusive() {
+        let size = Until::Bytes(64 * MIB);
+        assert!(size.reached_by(&pass(64 * MIB, 60_000)));
+        assert!(size.reached_by(&pass(0, 60_000)));
+        assert!(!size.reached_by(&pass(64 * MIB + 1, 1)));
+        let time = Until::Time(Duration::from_secs(5));
+        assert!(time.reached_by(&pass(u64::MAX, 5000)));
+        assert!(!time.reached_by(&pass(0, 5001)));
+    }
+
+    /// A run against a log file that the passes (from Rust) and the hooks (real `sh -c`
+    /// commands) append to, in the order they ran.
+    struct Bench {
+        _dir: tempfile::TempDir,
+        log: PathBuf,
+    }
+
+    impl Bench {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let log = dir.path().join("log");
+            std::fs::write(&log, "").unwrap();
+            Bench { _dir: dir, log }
+        }
+
+        fn note(&self, line: &str) {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&self.log)
+                .unwrap();
+            writeln!(f, "{line}").unwrap();
+        }
+
+        fn lines(&self) -> Vec<String> {
+            std::fs::read_to_string(&self.log)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect()
+        }
+
+        /// A hook command that logs its environment and ends with `status`.
+        fn hook(&self, status: i32) -> String {
+            format!(
+                "echo \"$LVMSYNC_HOOK $LVMSYNC_PASS $LVMSYNC_LV $LVMSYNC_DEST ${{LVMSYNC_BASE-no-base}}\" >> '{}'; exit {status}",
+                self.log.display()
+            )
+        }
+
+        /// Converges with passes of the given sizes (a size of `None` fails the pass), the
+        /// until and hooks of `plan`; gives the result and the events' names.
+        fn run(
+            &self,
+            plan: &ConvergePlan,
+            sizes: &[Option<u64>],
+        ) -> (Result<Converged>, Vec<String>) {
+            let env = HookEnv {
+                lv: "vg/lv".into(),
+                dest: "b:/dev/vg/lv".into(),
+            };
+            let mut pass = |n: u32| {
+                self.note(&format!("pass {n}"));
+                match sizes.get(n as usize - 1).copied().flatten() {
+                    Some(bytes) => Ok(PassResult::Done {
+                        bytes,
+                        full: n == 1,
+                        base: format!("vg/lv-lvmsync-{n}"),
+                    }),
+                    None => Err(Error::Invalid("connection lost".into())),
+                }
+            };
+            let mut events = vec![];
+            let mut report = |e: Event<'_>| {
+                events.push(match e {
+                    Event::Pass {
+                        number,
+                        pass,
+                        last,
+                        small,
+                    } => format!("pass {number} {} last={last} small={small}", pass.bytes),
+                    Event::HookStart { hook, .. } => format!("start {}", hook.name()),
+                    Event::HookEnd { hook, status, .. } => format!("end {} {status}", hook.name()),
+                    Event::Downtime { final_pass, .. } => {
+                        format!("downtime {}", final_pass.base)
+                    }
+                })
+            };
+            let r = converge(plan, &env, &mut pass, &mut run_hook, &mut report);
+            (r, events)
+        }
+    }
+
+    fn plan(until: u64, final_hook: Option<String>, after_hook: Option<String>) -> ConvergePlan {
+        ConvergePlan {
+            until: Until::Bytes(until),
+            max_passes: 4,
+            final_hook,
+            after_hook,
+        }
+    }
+
+    #[test]
+    fn passes_repeat_until_one_is_small_then_final_hook_last_pass_after_hook() {
+        let b = Bench::new();
+        let p = plan(100, Some(b.hook(0)), Some(b.hook(0)));
+        let (r, events) = b.run(&p, &[Some(10_000), Some(500), Some(100), Some(7)]);
+        match r.unwrap() {
+            Converged::CutOver {
+                passes, final_pass, ..
+            } => {
+                assert_eq!(
+                    passes.iter().map(|p| p.bytes).collect::<Vec<_>>(),
+                    [10_000, 500, 100]
+                );
+                assert!(passes[0].full && !final_pass.full);
+                assert_eq!(final_pass.bytes, 7);
+                assert_eq!(final_pass.base, "vg/lv-lvmsync-4");
+            }
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(
+            b.lines(),
+            [
+                "pass 1",
+                "pass 2",
+                "pass 3",
+                "final 4 vg/lv b:/dev/vg/lv no-base",
+                "pass 4",
+                "after 4 vg/lv b:/dev/vg/lv vg/lv-lvmsync-4",
+            ]
+        );
+        assert_eq!(
+            events,
+            [
+                "pass 1 10000 last=false small=false",
+                "pass 2 500 last=false small=false",
+                "pass 3 100 last=false small=true",
+                "start final",
+                "end final exit status 0",
+                "pass 4 7 last=true small=true",
+                "start after",
+                "end after exit status 0",
+                "downtime vg/lv-lvmsync-4",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_first_small_pass_goes_straight_to_the_cut_over_and_hooks_are_optional() {
+        let b = Bench::new();
+        let (r, events) = b.run(&plan(100, None, None), &[Some(100), Some(300)]);
+        assert!(matches!(r.unwrap(), Converged::CutOver { ref passes, .. } if passes.len() == 1));
+        assert_eq!(b.lines(), ["pass 1", "pass 2"]);
+        // The final pass is reported as it is, even larger than --until.
+        assert_eq!(
+            events,
+            [
+                "pass 1 100 last=false small=true",
+                "pass 2 300 last=true small=false",
+                "downtime vg/lv-lvmsync-2",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_small_pass_within_max_passes_fails_without_running_a_hook() {
+        let b = Bench::new();
+        let p = plan(100, Some(b.hook(0)), Some(b.hook(0)));
+        let (r, events) = b.run(&p, &[Some(1000); 9]);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with("vg/lv did not converge: each of 4 passes was larger than --until 100 B (the last sent 1000 B in "),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "no hook was run and nothing was stopped; b:/dev/vg/lv holds vg/lv-lvmsync-4"
+            ),
+            "{e}"
+        );
+        assert_eq!(b.lines(), ["pass 1", "pass 2", "pass 3", "pass 4"]);
+        assert_eq!(events.len(), 4);
+    }
+
+    #[test]
+    fn a_failing_final_hook_ends_the_run_before_the_last_pass() {
+        let b = Bench::new();
+        let p = plan(100, Some(b.hook(3)), Some(b.hook(0)));
+        let (r, events) = b.run(&p, &[Some(1000), Some(10), Some(1)]);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with("the final hook failed (exit status 3): echo"),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("the final pass was not made and the after hook not run; what the hook stopped may be stopped; b:/dev/vg/lv holds vg/lv-lvmsync-2 (pass 2)"),
+            "{e}"
+        );
+        assert_eq!(
+            b.lines(),
+            ["pass 1", "pass 2", "final 3 vg/lv b:/dev/vg/lv no-base"]
+        );
+        assert_eq!(events.last().unwrap(), "end final exit status 3");
+    }
+
+    #[test]
+    fn a_final_hook_killed_or_not_started_fails_too() {
+        let b = Bench::new();
+        let p = plan(100, Some("kill -TERM $$".into()), None);
+        let (r, _) = b.run(&p, &[Some(1), Some(1)]);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with("the final hook failed (killed by signal 15)"),
+            "{e}"
+        );
+        assert_eq!(b.lines(), ["pass 1"]);
+        // A hook runner that cannot start sh.
+        let env = HookEnv {
+            lv: "vg/lv".into(),
+            dest: "d".into(),
+        };
+        let mut passes = 0;
+        let r = converge(
+            &p,
+            &env,
+            &mut |_| {
+                passes += 1;
+                Ok(PassResult::Done {
+                    bytes: 0,
+                    full: false,
+                    base: "vg/s".into(),
+                })
+            },
+            &mut |_, _| HookStatus::NotStarted("No such file or directory".into()),
+            &mut |_| {},
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "the final hook failed (sh could not be started: No such file or directory)"
+            ),
+            "{e}"
+        );
+        assert_eq!(passes, 1);
+    }
+
+    #[test]
+    fn a_failing_last_pass_runs_no_after_hook() {
+        let b = Bench::new();
+        let p = plan(100, Some(b.hook(0)), Some(b.hook(0)));
+        let (r, events) = b.run(&p, &[Some(10), None]);
+        let e = r.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "the final pass failed: connection lost; the after hook was not run, and what the final hook stopped may be stopped; run the same command again to finish the copy"
+        );
+        assert_eq!(
+            b.lines(),
+            ["pass 1", "final 2 vg/lv b:/dev/vg/lv no-base", "pass 2"]
+        );
+        assert!(!events
+            .iter()
+            .any(|e| e.contains("after") || e.contains("downtime")));
+    }
+
+    #[test]
+    fn a_failing_after_hook_fails_the_run_with_the_copy_complete() {
+        let b = Bench::new();
+        let p = plan(100, Some(b.hook(0)), Some(b.hook(1)));
+        let (r, events) = b.run(&p, &[Some(10), Some(5)]);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with("the after hook failed (exit status 1): echo"),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("the copy is complete: b:/dev/vg/lv holds vg/lv-lvmsync-2"),
+            "{e}"
+        );
+        assert_eq!(
+            b.lines(),
+            [
+                "pass 1",
+                "final 2 vg/lv b:/dev/vg/lv no-base",
+                "pass 2",
+                "after 2 vg/lv b:/dev/vg/lv vg/lv-lvmsync-2"
+            ]
+        );
+        assert_eq!(events.last().unwrap(), "downtime vg/lv-lvmsync-2");
+    }
+
+    #[test]
+    fn a_pass_stopped_after_a_step_stops_the_run_before_any_hook() {
+        let b = Bench::new();
+        let p = plan(100, Some(b.hook(0)), Some(b.hook(0)));
+        let env = HookEnv {
+            lv: "vg/lv".into(),
+            dest: "d".into(),
+        };
+        let r = converge(
+            &p,
+            &env,
+            &mut |_| Ok(PassResult::Stopped(Step::Send)),
+            &mut run_hook,
+            &mut |_| {},
+        );
+        assert_eq!(r.unwrap(), Converged::Stopped(Step::Send));
+        assert_eq!(b.lines(), Vec::<String>::new());
+    }
+
+    /// The passes as real rounds against LVM in memory: each rotates the base, one base is
+    /// left, and DEST holds it.
+    #[test]
+    fn passes_are_replicate_rounds() {
+        for thin in [false, true] {
+            let lvm = FakeLvm::new(thin);
+            let mut dest = FakeDest::new();
+            let b = Bench::new();
+            let p = plan(100, Some(b.hook(0)), Some(b.hook(0)));
+            let env = HookEnv {
+                lv: "vg/lv".into(),
+                dest: request().dest,
+            };
+            // The whole volume first, then changes shrinking as a writer slows down.
+            let sizes = [256 * MIB, 4096, 100, 0];
+            let mut pass = |n: u32| {
+                b.note(&format!("pass {n}"));
+                match replicate(&lvm, &request(), &mut |t| dest.send(t), &|_| false)? {
+                    Outcome::Done { base, full } => Ok(PassResult::Done {
+                        bytes: sizes[n as usize - 1],
+                        full,
+                        base,
+                    }),
+                    Outcome::Stopped(s) => Ok(PassResult::Stopped(s)),
+                }
+            };
+            let r = converge(&p, &env, &mut pass, &mut run_hook, &mut |_| {}).unwrap();
+            let Converged::CutOver {
+                passes, final_pass, ..
+            } = r
+            else {
+                panic!("{r:?}");
+            };
+            assert_eq!(passes.len(), 3);
+            assert!(passes[0].full && !passes[1].full && !final_pass.full);
+            assert_eq!(final_pass.base, "vg/lv-lvmsync-4");
+            assert_settled(
+                &lvm,
+                &dest,
+                &Outcome::Done {
+                    base: final_pass.base.clone(),
+                    full: false,
+                },
+            );
+            assert_eq!(dest.sends.len(), 4);
+            assert_eq!(
+                b.lines(),
+                [
+                    "pass 1".to_string(),
+                    "pass 2".into(),
+                    "pass 3".into(),
+                    format!("final 4 vg/lv {} no-base", request().dest),
+                    "pass 4".into(),
+                    format!("after 4 vg/lv {} vg/lv-lvmsync-4", request().dest),
+                ]
+            );
+        }
+    }
+}

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use indicatif::HumanBytes;
+use serde::Serialize;
 
 use crate::cli::{ProgressMode, ReplicateConfig, SendConfig};
 use crate::error::{Error, IoContext, Named, Result, STDOUT_WRITE};
@@ -133,6 +134,43 @@ pub fn run(config: ReplicateConfig) -> Result<()> {
     }
 }
 
+#[derive(Serialize)]
+struct PassLine {
+    event: &'static str,
+    pass: u32,
+    r#final: bool,
+    full: bool,
+    bytes: u64,
+    elapsed_s: f64,
+    within_until: bool,
+}
+
+#[derive(Serialize)]
+struct HookStartLine<'a> {
+    event: &'static str,
+    hook: &'static str,
+    command: &'a str,
+}
+
+#[derive(Serialize)]
+struct HookEndLine {
+    event: &'static str,
+    hook: &'static str,
+    ok: bool,
+    /// `null` when killed by a signal or not started.
+    exit_status: Option<i32>,
+    status: String,
+    elapsed_s: f64,
+}
+
+#[derive(Serialize)]
+struct DowntimeLine {
+    event: &'static str,
+    downtime_s: f64,
+    final_pass_bytes: u64,
+    final_pass_s: f64,
+}
+
 /// One line on standard error per event, and with `--progress=json` one JSON object.
 fn report_event(e: &Event<'_>, plan: &ConvergePlan, json: bool, normal: bool) {
     let secs = |d: Duration| d.as_secs_f64();
@@ -144,15 +182,15 @@ fn report_event(e: &Event<'_>, plan: &ConvergePlan, json: bool, normal: bool) {
             small,
         } => {
             if json {
-                progress::event(&serde_json::json!({
-                    "event": "pass",
-                    "pass": number,
-                    "final": last,
-                    "full": pass.full,
-                    "bytes": pass.bytes,
-                    "elapsed_s": secs(pass.elapsed),
-                    "within_until": small,
-                }));
+                progress::event(&PassLine {
+                    event: "pass",
+                    pass: *number,
+                    r#final: *last,
+                    full: pass.full,
+                    bytes: pass.bytes,
+                    elapsed_s: secs(pass.elapsed),
+                    within_until: *small,
+                });
             }
             if normal {
                 let what = if *last {
@@ -175,11 +213,11 @@ fn report_event(e: &Event<'_>, plan: &ConvergePlan, json: bool, normal: bool) {
         }
         Event::HookStart { hook, command } => {
             if json {
-                progress::event(&serde_json::json!({
-                    "event": "hook_start",
-                    "hook": hook.name(),
-                    "command": command,
-                }));
+                progress::event(&HookStartLine {
+                    event: "hook_start",
+                    hook: hook.name(),
+                    command,
+                });
             }
             if normal {
                 crate::say!("lvmsync: running the {} hook: {command}", hook.name());
@@ -195,14 +233,14 @@ fn report_event(e: &Event<'_>, plan: &ConvergePlan, json: bool, normal: bool) {
                     HookStatus::Exited(c) => Some(*c),
                     _ => None,
                 };
-                progress::event(&serde_json::json!({
-                    "event": "hook_end",
-                    "hook": hook.name(),
-                    "ok": status.ok(),
-                    "exit_status": exit,
-                    "status": status.to_string(),
-                    "elapsed_s": secs(*elapsed),
-                }));
+                progress::event(&HookEndLine {
+                    event: "hook_end",
+                    hook: hook.name(),
+                    ok: status.ok(),
+                    exit_status: exit,
+                    status: status.to_string(),
+                    elapsed_s: secs(*elapsed),
+                });
             }
             if normal && status.ok() {
                 crate::say!(
@@ -217,12 +255,12 @@ fn report_event(e: &Event<'_>, plan: &ConvergePlan, json: bool, normal: bool) {
             final_pass,
         } => {
             if json {
-                progress::event(&serde_json::json!({
-                    "event": "downtime",
-                    "downtime_s": secs(*downtime),
-                    "final_pass_bytes": final_pass.bytes,
-                    "final_pass_s": secs(final_pass.elapsed),
-                }));
+                progress::event(&DowntimeLine {
+                    event: "downtime",
+                    downtime_s: secs(*downtime),
+                    final_pass_bytes: final_pass.bytes,
+                    final_pass_s: secs(final_pass.elapsed),
+                });
             }
             if normal {
                 crate::say!(

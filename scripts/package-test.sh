@@ -69,6 +69,9 @@ contents() {
     "-rw-r--r-- ./usr/share/doc/lvmsync/README.md"
     "-rw-r--r-- ./usr/share/doc/lvmsync/copyright"
     "-rw-r--r-- ./usr/share/doc/lvmsync/changelog.Debian.gz"
+    "-rw-r--r-- ./usr/share/doc/lvmsync/examples/replicate.conf.example"
+    "-rw-r--r-- ./usr/lib/systemd/system/lvmsync-replicate@.service"
+    "-rw-r--r-- ./usr/lib/systemd/system/lvmsync-replicate@.timer"
   )
   local ok=0 entry
   for entry in "${want[@]}"; do
@@ -128,6 +131,16 @@ man_page() {
 }
 check "man renders the installed man page without warnings" man_page
 
+units() {
+  # An instance of each template unit, as installed (the binary and the man page they name are
+  # there): systemd-analyze has no remark.
+  local u=/usr/lib/systemd/system/lvmsync-replicate@
+  systemd-analyze verify "${u}test.service" "${u}test.timer" > "$tmp/verify.txt" 2>&1 ||
+    { cat "$tmp/verify.txt"; return 1; }
+  [[ ! -s $tmp/verify.txt ]] || { cat "$tmp/verify.txt"; return 1; }
+}
+check "systemd-analyze verifies the installed units" units
+
 bash_completion() {
   # The completion is loaded, completes options, and offers none of the hidden ones (--server,
   # --session).
@@ -155,7 +168,9 @@ remove_deb() {
   local f
   for f in /usr/sbin/lvmsync /usr/share/man/man8/lvmsync.8.gz \
     /usr/share/bash-completion/completions/lvmsync /usr/share/zsh/vendor-completions/_lvmsync \
-    /usr/share/fish/vendor_completions.d/lvmsync.fish /usr/share/doc/lvmsync; do
+    /usr/share/fish/vendor_completions.d/lvmsync.fish /usr/share/doc/lvmsync \
+    /usr/lib/systemd/system/lvmsync-replicate@.service \
+    /usr/lib/systemd/system/lvmsync-replicate@.timer; do
     [[ ! -e $f ]] || { echo "left behind: $f"; return 1; }
   done
 }

@@ -11,6 +11,7 @@ pkgs=(
   gcc pkg-config            # zstd-sys builds C
   dpkg-dev man-db bash-completion file  # the Debian package: build (dpkg-shlibdeps), man page, completion
   musl-tools                # musl-gcc: the static binary's C (zstd, blake3)
+  systemd                   # systemd-analyze verify: the units of contrib/systemd
 )
 [[ ${1:-} == --bench ]] && pkgs+=(fio rsync hyperfine)
 need=()

@@ -128,7 +128,14 @@ pub const DESCRIPTION: Section = Section {
                  not allow in tags as =XX), so each DEST has its own base. A run interrupted at \
                  any point is finished by the next one; a classic base that overflowed makes the \
                  next run copy the whole volume, saying so. Runs on one LV never overlap: a \
-                 second one is refused (--wait waits for the first).",
+                 second one is refused (--wait waits for the first). With --converge, rounds \
+                 are repeated until one sends at most --until SIZE or takes at most --until \
+                 TIME (at most --max-passes, default 10, else the run fails and runs no hook); \
+                 then --final-hook runs (sh -c), a last round, --after-hook, and the downtime \
+                 is printed, from the start of the final hook to the end of the after hook. \
+                 The hooks get LVMSYNC_LV, LVMSYNC_DEST, LVMSYNC_HOOK, LVMSYNC_PASS and (the \
+                 after hook) LVMSYNC_BASE. A failing final hook ends the run before the last \
+                 round; a failing after hook fails the run, the copy complete.",
             ),
             (
                 "lvmsync replicate --status VG/LV",
@@ -151,11 +158,22 @@ pub const WORKFLOW: Section = Section {
     blocks: &[
         Block::Text(
             "Moving /dev/vg/lv from host A to host B, where a volume of the same size exists as \
-             /dev/vg/lv on B. The simple way: run lvmsync replicate while the service keeps \
-             running (the first run copies the whole volume, later ones what changed), stop the \
-             service, run it once more, start the service on B:",
+             /dev/vg/lv on B. The simple way is one command on A while the service runs: it \
+             copies the whole volume, then what was written meanwhile, pass after pass, until a \
+             pass takes at most 5 s; then it runs the final hook (stop the service), sends the \
+             last changes, runs the after hook (start the service on B) and prints the \
+             downtime:",
         ),
-        Block::Commands(&["lvmsync replicate vg/lv B:/dev/vg/lv"]),
+        Block::Commands(&[
+            "lvmsync replicate --converge --until 5s \\",
+            "  --final-hook 'systemctl stop app' \\",
+            "  --after-hook 'ssh B systemctl start app' vg/lv B:/dev/vg/lv",
+        ]),
+        Block::Text(
+            "To keep a standby copy on B current instead, run lvmsync replicate vg/lv \
+             B:/dev/vg/lv as often as you like, or from the systemd timer \
+             lvmsync-replicate@.timer (see the README).",
+        ),
         Block::Text("The same, step by step:"),
         Block::Text("1. On A, snapshot the volume (a classic snapshot, or a thin one):"),
         Block::Commands(&[
@@ -383,6 +401,15 @@ pub const EXAMPLES: &[Example] = &[
         commands: &[
             "lvmsync replicate vg/lv B:/dev/vg/lv",
             "lvmsync replicate --status vg/lv",
+        ],
+    },
+    Example {
+        what: "Move vg/lv to host B with passes until one sends at most 64 MiB, then stop the \
+               service, send the rest and start it on B:",
+        commands: &[
+            "lvmsync replicate --converge --until 64M \\",
+            "  --final-hook 'systemctl stop app' \\",
+            "  --after-hook 'ssh B systemctl start app' vg/lv B:/dev/vg/lv",
         ],
     },
     Example {

@@ -94,8 +94,8 @@ pub struct ReplicateArgs {
     /// [default: 10].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), requires = "converge")]
     pub max_passes: Option<u32>,
-    /// --converge: run with sh -c before the last round (stop the service, fsfreeze -f);
-    /// its failure ends the run.
+    /// --converge: run with sh -c before the last round (stop the service); its failure ends
+    /// the run.
     #[arg(long, value_name = "CMD", requires = "converge")]
     pub final_hook: Option<String>,
     /// --converge: run with sh -c after the last round (start the service on the other side).

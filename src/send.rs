@@ -6,7 +6,7 @@
 //!   per chunk;
 //! - a pool of `queue_depth` threads claims tasks in order; each reads its task's pieces (so that
 //!   many reads are in flight: scattered chunks are bound by the device's queue depth, not its
-//!   bandwidth) and encodes them (checksums, digests, zstd) with one of a few shared
+//!   bandwidth; pieces a few KiB apart are read with one read, see [`reads`]) and encodes them (checksums, digests, zstd) with one of a few shared
 //!   [`RecordEncoder`]s, one per core;
 //! - the calling thread writes the encoded groups in offset order.
 //!
@@ -68,6 +68,7 @@ impl Default for SendOptions {
 pub mod full;
 mod manifest;
 mod plan;
+mod reads;
 pub mod resume;
 
 pub use plan::{plan, SendPlan};
@@ -131,7 +132,16 @@ pub fn send_changes_with<W: Write>(
     let start = Instant::now();
     let (dev, pieces) = open_data_source(source, changes)?;
     send_from(
-        &dev, source, changes, &pieces, out, opts, progress, start, extras,
+        &dev,
+        source,
+        changes,
+        &pieces,
+        out,
+        opts,
+        progress,
+        start,
+        extras,
+        reads::read_gap(),
     )
 }
 
@@ -161,7 +171,8 @@ fn open_data_source(source: &Path, changes: &ChangeSet) -> Result<(Device, Vec<E
     Ok((dev, pieces))
 }
 
-/// Sends `pieces` (the changed ranges of `changes`, cut for reading) read from `dev`.
+/// Sends `pieces` (the changed ranges of `changes`, cut for reading) read from `dev`, reading
+/// through gaps of at most `gap` bytes between them.
 #[allow(clippy::too_many_arguments)]
 fn send_from<W: Write>(
     dev: &Device,
@@ -173,6 +184,7 @@ fn send_from<W: Write>(
     progress: Progress<'_>,
     start: Instant,
     extras: StreamExtras<'_, '_>,
+    gap: u64,
 ) -> Result<(W, SendReport)> {
     let wopts = WriterOptions {
         format: opts.format,
@@ -224,7 +236,7 @@ fn send_from<W: Write>(
         changes.extents.total_bytes() - pieces.iter().map(|p| p.len).sum::<u64>();
     let already_applied = (changes.extents.pieces(READ_PIECE).count() - pieces.len()) as u64;
     // On a session, the transport reads the receiver's last word once the stream is closed.
-    let (out, totals) = write_records(writer, dev, source, pieces, opts, progress)?;
+    let (out, totals) = write_records(writer, dev, source, pieces, opts, progress, gap)?;
     Ok((
         out,
         SendReport {
@@ -238,8 +250,8 @@ fn send_from<W: Write>(
     ))
 }
 
-/// Writes the data and zero records of `pieces`, read from `dev` (`source`), then the end
-/// record.
+/// Writes the data and zero records of `pieces`, read from `dev` (`source`) through gaps of at
+/// most `gap` bytes, then the end record.
 fn write_records<W: Write>(
     mut writer: StreamWriter<W>,
     dev: &Device,
@@ -247,6 +259,7 @@ fn write_records<W: Write>(
     pieces: &[Extent],
     opts: &SendOptions,
     progress: Progress<'_>,
+    gap: u64,
 ) -> Result<(W, StreamTotals)> {
     let depth = opts.queue_depth.max(1);
     let encoders = std::thread::available_parallelism()
@@ -257,7 +270,7 @@ fn write_records<W: Write>(
     // does, when records hold it as it is.
     let direct = rustix::fs::fcntl_getfl(&dev.file).is_ok_and(|f| f.contains(OFlags::DIRECT));
     let in_place = !direct && encoders[0].stores_data_as_is();
-    let groups = group_pieces(pieces, depth);
+    let groups = group_pieces(pieces, depth, gap);
     run_pipeline(
         dev,
         source,
@@ -266,6 +279,7 @@ fn write_records<W: Write>(
         depth,
         encoders,
         in_place,
+        gap,
         |batch: &EncodedRecords| {
             writer.write_encoded(batch)?;
             let t = writer.totals();
@@ -320,21 +334,37 @@ fn direct_io_wanted(dev: &Device, pieces: &[Extent]) -> bool {
     aligned && direct_io_override().unwrap_or(dev.kind == DeviceKind::BlockDevice)
 }
 
-/// Cuts `pieces` into runs of consecutive pieces of at most [`READ_PIECE`] bytes in all, small
+/// Cuts `pieces` into runs of consecutive pieces whose reads (gaps of at most `gap` bytes read
+/// through, see [`reads::plan_reads`]) fill at most [`READ_PIECE`] bytes of buffer, small
 /// enough that every reader has several runs to work on (the queue stays full to the end).
-fn group_pieces(pieces: &[Extent], depth: usize) -> Vec<std::ops::Range<usize>> {
+fn group_pieces(pieces: &[Extent], depth: usize, gap: u64) -> Vec<std::ops::Range<usize>> {
     let max_count = (pieces.len() / (depth * 4)).clamp(1, MAX_GROUP_PIECES);
     let mut groups = Vec::new();
     let mut start = 0;
     let mut bytes = 0;
+    // The read the previous piece is part of, as the group's reads are planned.
+    let mut read: Option<(u64, u64)> = None;
     for (i, p) in pieces.iter().enumerate() {
-        let len = if p.kind == ExtentKind::Data { p.len } else { 0 };
-        if i > start && (i - start >= max_count || bytes + len > READ_PIECE) {
+        let joined = |read: Option<(u64, u64)>| {
+            read.is_some_and(|(s, e)| reads::joins(s, e, p, gap, READ_PIECE))
+        };
+        let cost = |read: Option<(u64, u64)>| match p.kind {
+            ExtentKind::Zero => 0,
+            ExtentKind::Data if joined(read) => p.end() - read.map_or(0, |(_, e)| e),
+            ExtentKind::Data => p.len,
+        };
+        if i > start && (i - start >= max_count || bytes + cost(read) > READ_PIECE) {
             groups.push(start..i);
             start = i;
             bytes = 0;
+            read = None;
         }
-        bytes += len;
+        bytes += cost(read);
+        read = match p.kind {
+            ExtentKind::Zero => None,
+            ExtentKind::Data if joined(read) => read.map(|(s, _)| (s, p.end())),
+            ExtentKind::Data => Some((p.offset, p.end())),
+        };
     }
     if start < pieces.len() {
         groups.push(start..pieces.len());
@@ -345,6 +375,8 @@ fn group_pieces(pieces: &[Extent], depth: usize) -> Vec<std::ops::Range<usize>> 
 /// A read buffer and the records encoded from it, reused from task to task.
 struct Slot {
     buf: Option<AlignedBuf>,
+    /// Where each data piece of the task starts in `buf`.
+    at: Vec<usize>,
     encoded: EncodedRecords,
     /// The slot's own encoder when data is read straight into its records
     /// ([`read_in_place`]); otherwise the shared encoders encode from `buf`.
@@ -353,7 +385,8 @@ struct Slot {
 
 /// Reads and encodes every group with up to `depth` reads in flight, and hands the encoded
 /// groups to `write` in order. `in_place`: data is read straight into its records (the
-/// encoders must store data as it is).
+/// encoders must store data as it is). Gaps of at most `gap` bytes between data pieces are
+/// read through.
 #[allow(clippy::too_many_arguments)]
 fn run_pipeline(
     dev: &Device,
@@ -363,6 +396,7 @@ fn run_pipeline(
     depth: usize,
     encoders: Vec<RecordEncoder>,
     in_place: bool,
+    gap: u64,
     mut write: impl FnMut(&EncodedRecords) -> Result<()>,
 ) -> Result<Vec<RecordEncoder>> {
     let slots = (depth * 2).min(groups.len() + depth);
@@ -378,15 +412,16 @@ fn run_pipeline(
         depth,
         slot_encoders.into_iter().map(|in_place| Slot {
             buf: None,
+            at: Vec::new(),
             encoded: EncodedRecords::new(),
             in_place,
         }),
         |g, slot| {
             let group = &pieces[groups[g].clone()];
-            if let Some(enc) = slot.in_place.as_mut() {
-                return read_in_place(dev, path, group, enc, &mut slot.encoded);
+            if slot.in_place.is_some() {
+                return read_in_place(dev, path, group, gap, slot);
             }
-            read_group(dev, path, group, slot)?;
+            read_group(dev, path, group, gap, slot)?;
             let mut enc = enc_rx.recv().expect("encoders are always returned");
             let res = encode_group(&mut enc, group, slot);
             let _ = enc_tx.send(enc);
@@ -416,7 +451,8 @@ pub fn write_pieces<W: Write>(
     mut written: impl FnMut(&StreamWriter<W>),
 ) -> Result<()> {
     let depth = queue_depth.max(1);
-    let groups = group_pieces(pieces, depth);
+    let gap = reads::read_gap();
+    let groups = group_pieces(pieces, depth, gap);
     let direct = rustix::fs::fcntl_getfl(&dev.file).is_ok_and(|f| f.contains(OFlags::DIRECT));
     let in_place = !direct && encoders[0].stores_data_as_is();
     *encoders = run_pipeline(
@@ -427,6 +463,7 @@ pub fn write_pieces<W: Write>(
         depth,
         std::mem::take(encoders),
         in_place,
+        gap,
         |batch: &EncodedRecords| {
             writer.write_encoded(batch)?;
             written(writer);
@@ -436,52 +473,95 @@ pub fn write_pieces<W: Write>(
     Ok(())
 }
 
-/// Reads the data pieces of a group one after the other into the slot's buffer.
-fn read_group(dev: &Device, path: &Path, group: &[Extent], slot: &mut Slot) -> Result<()> {
+/// Reads the data pieces of a group into the slot's buffer, read after read (a read covers
+/// several pieces and the small gaps between them), and notes where each piece starts.
+fn read_group(
+    dev: &Device,
+    path: &Path,
+    group: &[Extent],
+    gap: u64,
+    slot: &mut Slot,
+) -> Result<()> {
     let buf = slot
         .buf
         .get_or_insert_with(|| AlignedBuf::new(READ_PIECE as usize))
         .as_mut_slice();
+    slot.at.clear();
     let mut at = 0;
-    for p in group.iter().filter(|p| p.kind == ExtentKind::Data) {
-        read_piece(dev, path, p, &mut buf[at..at + p.len as usize])?;
-        at += p.len as usize;
+    for r in reads::plan_reads(group, gap, READ_PIECE) {
+        read_at(dev, path, r.offset, &mut buf[at..at + r.len as usize])?;
+        for p in &group[r.pieces] {
+            slot.at.push(at + (p.offset - r.offset) as usize);
+        }
+        at += r.len as usize;
     }
     Ok(())
 }
 
-/// Reads the data piece `p` into `dst` (its length).
-fn read_piece(dev: &Device, path: &Path, p: &Extent, dst: &mut [u8]) -> Result<()> {
-    let n = read_full_at(&dev.file, dst, p.offset)
-        .ctx(|| format!("{}: read failed at byte {}", path.display(), p.offset))?;
+/// Reads `dst.len()` bytes at `offset`, which lie inside the changed ranges' span.
+fn read_at(dev: &Device, path: &Path, offset: u64, dst: &mut [u8]) -> Result<()> {
+    let n = read_full_at(&dev.file, dst, offset)
+        .ctx(|| format!("{}: read failed at byte {offset}", path.display()))?;
     if n != dst.len() {
         return Err(Error::Invalid(format!(
             "{}: data source ends at byte {}, inside a changed range",
             path.display(),
-            p.offset + n as u64
+            offset + n as u64
         )));
     }
     Ok(())
 }
 
-/// Reads a group's data pieces straight into their records and encodes the group: the data is
-/// copied once (by the kernel, from the page cache) and checksummed while still in the CPU's
-/// cache.
+/// Reads a group's data pieces and encodes the group with the slot's own encoder. A piece read
+/// on its own goes straight into its record: the data is copied once (by the kernel, from the
+/// page cache) and checksummed while still in the CPU's cache. Pieces read together (with the
+/// gaps between them) go through the slot's buffer.
 fn read_in_place(
     dev: &Device,
     path: &Path,
     group: &[Extent],
-    enc: &mut RecordEncoder,
-    out: &mut EncodedRecords,
+    gap: u64,
+    slot: &mut Slot,
 ) -> Result<()> {
+    let Slot {
+        buf,
+        encoded: out,
+        in_place,
+        ..
+    } = slot;
+    let enc = in_place
+        .as_mut()
+        .expect("a slot that reads in place has its encoder");
     out.clear();
-    for p in group {
-        match p.kind {
-            ExtentKind::Data => enc.data_in_place(p.offset, p.len as usize, out, |dst| {
-                read_piece(dev, path, p, dst)
-            })?,
-            ExtentKind::Zero => enc.zero(p.offset, p.len, out)?,
+    let mut reads = reads::plan_reads(group, gap, READ_PIECE)
+        .into_iter()
+        .peekable();
+    let mut i = 0;
+    while i < group.len() {
+        let p = &group[i];
+        if p.kind == ExtentKind::Zero {
+            enc.zero(p.offset, p.len, out)?;
+            i += 1;
+            continue;
         }
+        let r = reads.next().expect("every data piece is in a read");
+        debug_assert_eq!(r.pieces.start, i);
+        if r.pieces.len() == 1 {
+            enc.data_in_place(p.offset, p.len as usize, out, |dst| {
+                read_at(dev, path, p.offset, dst)
+            })?;
+        } else {
+            let buf = buf
+                .get_or_insert_with(|| AlignedBuf::new(READ_PIECE as usize))
+                .as_mut_slice();
+            let data = &mut buf[..r.len as usize];
+            read_at(dev, path, r.offset, data)?;
+            for p in &group[r.pieces.clone()] {
+                let at = (p.offset - r.offset) as usize;
+                enc.data(p.offset, &data[at..at + p.len as usize], out)?;
+            }
+        }
+        i = r.pieces.end;
     }
     Ok(())
 }
@@ -489,12 +569,12 @@ fn read_in_place(
 fn encode_group(enc: &mut RecordEncoder, group: &[Extent], slot: &mut Slot) -> Result<()> {
     slot.encoded.clear();
     let buf = slot.buf.as_ref().map_or(&[][..], AlignedBuf::as_slice);
-    let mut at = 0;
+    let mut at = slot.at.iter();
     for p in group {
         match p.kind {
             ExtentKind::Data => {
+                let at = *at.next().expect("every data piece was read");
                 enc.data(p.offset, &buf[at..at + p.len as usize], &mut slot.encoded)?;
-                at += p.len as usize;
             }
             ExtentKind::Zero => enc.zero(p.offset, p.len, &mut slot.encoded)?,
         }
@@ -561,6 +641,7 @@ mod tests {
                     &|_| {},
                     Instant::now(),
                     StreamExtras::default(),
+                    0,
                 )
                 .unwrap()
             };
@@ -590,6 +671,114 @@ mod tests {
                 }
             }
             assert_eq!(ExtentList::from_extents(covered), changes.extents);
+        }
+    }
+
+    /// Changed ranges at the edges of the volume and of the 1 MiB pieces, scattered 4 KiB
+    /// chunks with gaps of every size, a long range and a zero range.
+    fn edge_changes(size: u64) -> ExtentList {
+        const K: u64 = 4096;
+        const M: u64 = 1 << 20;
+        let mut extents = vec![
+            Extent::data(0, K),
+            Extent::data(2 * K, K),
+            Extent::data(M - K, K),
+            Extent::data(M + K, 2 * K),
+            Extent::data(2 * M - 3 * K, 6 * K),
+            Extent::data(3 * M, M + 8 * K),
+            Extent::data(4 * M + 24 * K, K),
+            Extent::zero(4 * M + 40 * K, 2 * K),
+            Extent::data(4 * M + 48 * K, K),
+            Extent::data(size - K, K),
+            Extent::data(size - 40 * K, K),
+        ];
+        let mut gap = 1;
+        let mut at = 5 * M;
+        while at < size - M {
+            extents.push(Extent::data(at, K * (gap % 3 + 1)));
+            at += K * (gap % 3 + 1) + K * gap;
+            gap = gap % 20 + 1;
+        }
+        ExtentList::from_extents(extents)
+    }
+
+    /// Reading through the gaps between changed ranges sends the same bytes as reading every
+    /// range on its own: formats 3, 4 and 4 with -z, O_DIRECT and the page cache, at every
+    /// gap limit.
+    #[test]
+    fn coalesced_reads_send_the_same_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("origin");
+        let size: u64 = 9 << 20;
+        let image: Vec<u8> = (0..size).map(|i| (i * 13 + i / 4096) as u8).collect();
+        std::fs::write(&path, &image).unwrap();
+        let changes = ChangeSet {
+            extents: edge_changes(size),
+            chunk_bytes: 4096,
+            volume_bytes: size,
+        };
+        let pieces: Vec<Extent> = changes.extents.pieces(READ_PIECE).collect();
+        assert!(reads::plan_reads(&pieces, 64 << 10, READ_PIECE).len() < pieces.len() / 2);
+        let direct = Device::open_read_direct(&path).expect("O_DIRECT on the test file system");
+        assert!(rustix::fs::fcntl_getfl(&direct.file).is_ok_and(|f| f.contains(OFlags::DIRECT)));
+        let buffered = Device::open_read(&path).unwrap();
+        for (format, compress) in [
+            (Format::V3, None),
+            (Format::V4, None),
+            (Format::V4, Some(-1)),
+        ] {
+            let opts = SendOptions {
+                format,
+                compress,
+                queue_depth: 4,
+            };
+            let send = |dev: &Device, gap: u64| {
+                send_from(
+                    dev,
+                    &path,
+                    &changes,
+                    &pieces,
+                    Vec::new(),
+                    &opts,
+                    &|_| {},
+                    Instant::now(),
+                    StreamExtras::default(),
+                    gap,
+                )
+                .unwrap()
+                .0
+            };
+            let alone = send(&buffered, 0);
+            for dev in [&direct, &buffered] {
+                for gap in [4096, 32 << 10, 64 << 10, READ_PIECE] {
+                    assert!(
+                        send(dev, gap) == alone,
+                        "format {format:?}, compression {compress:?}, gap {gap}, {:?}: \
+                         the stream differs from one read range by range",
+                        dev.kind
+                    );
+                }
+            }
+        }
+    }
+
+    /// Groups fill at most one read buffer, gaps read through included.
+    #[test]
+    fn groups_with_gaps_fit_the_read_buffer() {
+        let size = 64 << 20;
+        let pieces: Vec<Extent> = edge_changes(size).pieces(READ_PIECE).collect();
+        for gap in [0, 4096, 32 << 10, 64 << 10, READ_PIECE] {
+            let groups = group_pieces(&pieces, 2, gap);
+            assert_eq!(groups.first().map(|g| g.start), Some(0));
+            assert_eq!(groups.last().map(|g| g.end), Some(pieces.len()));
+            assert!(groups.windows(2).all(|w| w[0].end == w[1].start));
+            for g in &groups {
+                let read: u64 = reads::plan_reads(&pieces[g.clone()], gap, READ_PIECE)
+                    .iter()
+                    .map(|r| r.len)
+                    .sum();
+                assert!(read <= READ_PIECE, "gap {gap}: a group reads {read} bytes");
+            }
         }
     }
 }

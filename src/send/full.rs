@@ -130,7 +130,7 @@ pub fn send_full<W: Write>(
         }
     }
     let depth = opts.queue_depth.clamp(1, MAX_DEPTH);
-    let groups = group_pieces(&pieces, depth);
+    let groups = group_pieces(&pieces, depth, 0);
     let encoders = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .min(depth);

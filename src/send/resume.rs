@@ -428,7 +428,15 @@ pub fn resume_dump(
         None => start_writing()?,
     };
     let rest = &pieces[scan.pieces_done..];
-    let (_, totals) = write_records(writer, &dev, source, rest, opts, progress)?;
+    let (_, totals) = write_records(
+        writer,
+        &dev,
+        source,
+        rest,
+        opts,
+        progress,
+        super::reads::read_gap(),
+    )?;
     file.sync_all()
         .ctx(|| format!("{}: cannot sync", path.display()))?;
     Ok(ResumeReport {

@@ -32,11 +32,11 @@ export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
 for tool in fio rsync ssh-keygen; do
   command -v $tool >/dev/null || { echo "bench: $tool missing: run scripts/setup-host.sh --bench" >&2; exit 1; }
 done
-cargo build -q --release --bin lvmsync --example make_cow_store
+cargo build -q --release --bin lvmsync --example make_cow_store --example prior_iolog
 # Copies: a rebuild while the suite runs must not change what is measured.
 mkdir -p "$OUT/bin"
 cp "${BENCH_BIN:-target/release/lvmsync}" "$OUT/bin/lvmsync"
-cp target/release/examples/make_cow_store "$OUT/bin/"
+cp target/release/examples/make_cow_store target/release/examples/prior_iolog "$OUT/bin/"
 LVMSYNC=$OUT/bin/lvmsync
 GEN=$OUT/bin/make_cow_store
 ONLY=${BENCH_ONLY:-device send apply e2e verify checksum changes full}
@@ -72,6 +72,12 @@ if [[ ! -f $OUT/data.stamp || $(cat "$OUT/data.stamp") != "$stamp" ]]; then
   "$GEN" image "$DEST" $BYTES 1 --differ "$OUT/4k-1%.cow"
   echo "$stamp" >"$OUT/data.stamp"
 fi
+# What a send with a manifest reads: the snapshot's chunks from the store, then the origin.
+for s in "${SETS[@]}"; do
+  read -r name _ <<<"$s"
+  [[ $OUT/$name.prior.iolog -nt $OUT/data.stamp ]] ||
+    "$OUT/bin/prior_iolog" "$OUT/$name.cow" $BYTES "$ORIGIN" "$OUT/$name.prior.iolog"
+done
 changed() { "$LVMSYNC" changes --cow "$OUT/$1.cow" | awk '{s+=$2} END {print s}'; }
 declare -A CHANGED
 for s in "${SETS[@]}"; do
@@ -136,6 +142,9 @@ for s in "${SETS[@]}"; do
   record device "fio randread $name qd32" direct "$b" "$t" ""
   read -r b t < <(fio_best write 32 "$OUT/$name.write.iolog")
   record device "fio randwrite $name qd32" direct "$b" "$t" ""
+  # Reads twice the changed data; MB is the changed data, as in the send rows it is set against.
+  read -r b t < <(fio_best read 32 "$OUT/$name.prior.iolog")
+  record device "fio $name + snapshot's qd32" direct "${CHANGED[$name]}" "$t" ""
 done
 # fio wrote its own bytes over the destination: put the origin's back (the destination is
 # the origin everywhere except the 4k-1% set's chunks).
@@ -165,7 +174,11 @@ want send && for s in "${SETS[@]}"; do
       best t "$prep" env LVMSYNC_DIRECT_IO=$direct sh -c '"$0" --stdout -q "$@" >/dev/null' \
         "$LVMSYNC" "${args[@]}" --cow "$OUT/$name.cow" --data-source "$ORIGIN"
       ref=""
-      [[ $cache == cold ]] && ref="device/fio randread $name qd32/direct"
+      if [[ $cache == cold && ${fmt%% *} == 4 && $fmt != *--no-check ]]; then
+        ref="device/fio $name + snapshot's qd32/direct"
+      elif [[ $cache == cold ]]; then
+        ref="device/fio randread $name qd32/direct"
+      fi
       record send "$name format $fmt" $cache "${CHANGED[$name]}" "$t" "$ref"
     done
   done

@@ -34,6 +34,10 @@ pub enum Error {
     /// (exit status, relayed messages) tells why, and comes first.
     #[error("the receiver {}", match .0 { Some(why) => format!("failed: {why}"), None => "ended the session".into() })]
     Receiver(Option<String>),
+    /// The receiver of a live session refused the stream before anything was written (the
+    /// destination is not the snapshot's copy): its own message says why and what to do.
+    #[error("the receiver refused: {0}")]
+    Refused(String),
     /// `lvmsync verify` could not compare the two sides: this error says why.
     #[error(transparent)]
     NotCompared(Box<Error>),

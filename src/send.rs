@@ -224,9 +224,7 @@ fn send_from<W: Write>(
                         .collect();
                     &needed[..]
                 }
-                Message::Plan(Plan::Refuse(why)) => {
-                    return Err(Error::Invalid(format!("the receiver refused: {why}")))
-                }
+                Message::Plan(Plan::Refuse(why)) => return Err(Error::Refused(why)),
                 other => return Err(unexpected(other)),
             }
         }

@@ -429,6 +429,7 @@ fn base_source_replaces_the_stores_own_contents() {
             assert!(common::same(&dest, &after));
         } else {
             assert!(stderr.contains("not a copy of the snapshot"), "{stderr}");
+            assert!(stderr.contains("--force"), "the way out is named: {stderr}");
             assert!(common::same(&dest, &before), "nothing written");
         }
     }

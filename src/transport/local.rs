@@ -218,8 +218,8 @@ impl LocalReceiver {
             drop(back);
             let applied = receiver.join().expect("receiver thread panicked");
             // The sender's own failure explains why the stream stopped (the receiver then saw
-            // it end early); a broken pipe or an ended session is the receiver's.
-            if matches!(&sent, Err(e) if !super::is_broken_pipe(e) && !matches!(e, Error::Receiver(_)))
+            // it end early); a broken pipe, an ended session or a refusal is the receiver's.
+            if matches!(&sent, Err(e) if !super::is_broken_pipe(e) && !matches!(e, Error::Receiver(_) | Error::Refused(_)))
             {
                 return sent;
             }

@@ -182,6 +182,32 @@ write_at() {
   echo "$2 $3 $4" >> "$WRITES"
 }
 
+# start_writer DEV TAG: a background writer of 64 KiB pieces ("TAGn..."), direct, to DEV's
+# first 2 MiB, until $TMP/stop exists; then it touches $TMP/stopped. $TMP/writes counts its
+# pieces; $writer is its pid. Returns once it has written.
+start_writer() {
+  rm -f "$TMP/stop" "$TMP/stopped" "$TMP/writes"
+  (
+    n=0
+    while [ ! -e "$TMP/stop" ]; do
+      yes "$2$n" | head -c 65536 > "$TMP/piece"
+      dd if="$TMP/piece" of="$1" bs=65536 count=1 seek=$((n % 32)) \
+        oflag=direct conv=notrunc status=none || break
+      n=$((n + 1))
+      echo $n > "$TMP/writes"
+      usleep 50000
+    done
+    touch "$TMP/stopped"
+  ) &
+  writer=$!
+  _n=0
+  while [ $_n -lt 600 ] && [ ! -e "$TMP/writes" ]; do
+    usleep 100000
+    _n=$((_n + 1))
+  done
+  [ -e "$TMP/writes" ] || fail "the writer never wrote"
+}
+
 # same_content A B: sizes are compared at once; the bytes are compared on the
 # host after the run (reading a device through busybox cmp or a checksum costs
 # seconds per MiB-ten under TCG; a raw copy costs almost nothing): both are

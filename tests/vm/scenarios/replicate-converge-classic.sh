@@ -12,30 +12,6 @@ LOG=$TMP/hooks.log
 
 snaps() { lvs --noheadings -o lv_name,lv_tags $VG | awk '$1 ~ /-lvmsync-/ { print $1, $2 }'; }
 
-# a writer of 64 KiB pieces, direct, to the origin's first 2 MiB until $TMP/stop exists
-start_writer() {
-  rm -f "$TMP/stop" "$TMP/stopped" "$TMP/writes"
-  (
-    n=0
-    while [ ! -e "$TMP/stop" ]; do
-      yes "$1$n" | head -c 65536 > "$TMP/piece"
-      dd if="$TMP/piece" of=/dev/$VG/origin bs=65536 count=1 seek=$((n % 32)) \
-        oflag=direct conv=notrunc status=none || break
-      n=$((n + 1))
-      echo $n > "$TMP/writes"
-      usleep 50000
-    done
-    touch "$TMP/stopped"
-  ) &
-  writer=$!
-  _n=0
-  while [ $_n -lt 600 ] && [ ! -e "$TMP/writes" ]; do
-    usleep 100000
-    _n=$((_n + 1))
-  done
-  [ -e "$TMP/writes" ] || fail "the writer never wrote"
-}
-
 step "origin (64 MiB) and a standby LV of other data"
 make_vg $VG
 patterned_lvs $VG 64M 3 origin
@@ -53,7 +29,7 @@ echo "after \$LVMSYNC_PASS \$LVMSYNC_BASE" >> "$LOG"
 SH
 chmod 755 "$TMP/final-hook" "$TMP/after-hook"
 : > "$LOG"
-start_writer A
+start_writer /dev/$VG/origin A
 
 step "no pass within --until 0b in --max-passes 1: a failure, no hook run"
 expect_error "$VG/origin did not converge: each of 1 passes was larger than --until 0 B" \
@@ -78,7 +54,7 @@ same_content $DEST /dev/$VG/origin-lvmsync-2
 
 step "again with the writer running: converge and cut over"
 : > "$LOG"
-start_writer B
+start_writer /dev/$VG/origin B
 save converge.txt sh -c "lvmsync replicate --snapshot-size 16M --converge --until 2M \
   --final-hook '$TMP/final-hook' --after-hook '$TMP/after-hook' $VG/origin $DEST 2>&1"
 cat "$FILES/converge.txt"

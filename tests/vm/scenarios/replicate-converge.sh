@@ -28,25 +28,7 @@ SH
 chmod 755 "$TMP/rsh"
 
 step "a writer: 64 KiB pieces to the first 2 MiB until $TMP/stop exists"
-(
-  n=0
-  while [ ! -e "$TMP/stop" ]; do
-    yes "W$n" | head -c 65536 > "$TMP/piece"
-    dd if="$TMP/piece" of=/dev/$VG/origin bs=65536 count=1 seek=$((n % 32)) \
-      oflag=direct conv=notrunc status=none || break
-    n=$((n + 1))
-    echo $n > "$TMP/writes"
-    usleep 50000
-  done
-  touch "$TMP/stopped"
-) &
-writer=$!
-n=0
-while [ $n -lt 600 ] && [ ! -e "$TMP/writes" ]; do
-  usleep 100000
-  n=$((n + 1))
-done
-[ -e "$TMP/writes" ] || fail "the writer never wrote"
+start_writer /dev/$VG/origin W
 
 cat > "$TMP/final-hook" << SH
 #!/bin/sh

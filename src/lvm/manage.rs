@@ -1,11 +1,11 @@
 //! Changing LVM's state for `lvmsync replicate`: snapshots made, tagged, activated and removed,
 //! and the facts needed to decide (an LV's snapshots with their tags, a volume group's free
-//! space). Everything runs LVM's own tools through [`run_tool`]; [`Manage`] lets the
+//! space). Everything runs LVM's own tools through [`super::tools::run_tool`]; [`Manage`] lets the
 //! replication logic be tested without LVM.
 
 use serde::Deserialize;
 
-use super::tools::{run_tool, ToolFailure};
+use super::tools::run_text as tool;
 use crate::error::Error;
 
 /// An LV as `lvmsync replicate` sees it.
@@ -63,22 +63,6 @@ pub trait Manage {
 /// The real LVM.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemLvm;
-
-fn tool(name: &str, args: &[&str]) -> Result<String, Error> {
-    let shown = format!("{name} {}", args.join(" "));
-    let out = run_tool(name, args).map_err(|f| match f {
-        ToolFailure::Spawn(e) => Error::io(format!("cannot run {name} (is lvm2 installed?)"), e),
-        ToolFailure::Exit { status, stderr } => {
-            let detail = stderr.trim().lines().last().unwrap_or("").trim();
-            Error::Invalid(format!(
-                "`{shown}` failed ({status}){}{detail}",
-                if detail.is_empty() { "" } else { ": " }
-            ))
-        }
-    })?;
-    String::from_utf8(out)
-        .map_err(|_| Error::Invalid(format!("`{shown}` printed something that is not UTF-8")))
-}
 
 const FIELDS: &str = "vg_name,lv_name,lv_uuid,lv_size,segtype,origin,lv_tags,lv_time,lv_dm_path,\
 lv_kernel_major,lv_attr,snap_percent";

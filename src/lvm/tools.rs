@@ -89,9 +89,9 @@ pub fn run_tool(name: &str, args: &[&str]) -> Result<Vec<u8>, ToolFailure> {
     Ok(out.stdout)
 }
 
-/// [`run_tool`] for discovery: its output as text, a failure as an [`Error`] with the last
-/// line the tool said.
-fn run(name: &str, args: &[&str]) -> Result<String, Error> {
+/// [`run_tool`] with its output as text and a failure as an [`Error`] with the last line the
+/// tool said: for discovery and for `lvmsync replicate`'s changes alike.
+pub(crate) fn run_text(name: &str, args: &[&str]) -> Result<String, Error> {
     let shown = format!("{name} {}", args.join(" "));
     let stdout = run_tool(name, args).map_err(|failure| match failure {
         ToolFailure::Spawn(e) => {
@@ -161,7 +161,7 @@ impl Tools for SystemTools {
     }
 
     fn lvs_json(&self, vg: &str) -> Result<String, Error> {
-        run(
+        run_text(
             "lvs",
             &[
                 "--reportformat",
@@ -179,11 +179,11 @@ impl Tools for SystemTools {
 
     fn dmsetup_table(&self, dev: DevNum) -> Result<String, Error> {
         let (j, m) = (dev.major.to_string(), dev.minor.to_string());
-        run("dmsetup", &["table", "-j", &j, "-m", &m])
+        run_text("dmsetup", &["table", "-j", &j, "-m", &m])
     }
 
     fn dmsetup_status(&self, dev: DevNum) -> Result<String, Error> {
         let (j, m) = (dev.major.to_string(), dev.minor.to_string());
-        run("dmsetup", &["status", "-j", &j, "-m", &m])
+        run_text("dmsetup", &["status", "-j", &j, "-m", &m])
     }
 }

@@ -4,6 +4,7 @@
 use indicatif::HumanBytes;
 use serde::Serialize;
 
+use super::send::{percent, DoneLine};
 use crate::checksum::{send_differing, ChecksumReport, Comparison, LEAF};
 use crate::cli::{ProgressMode, SendConfig};
 use crate::error::{Error, Result};
@@ -105,7 +106,7 @@ pub fn run(config: SendConfig) -> Result<()> {
     source.recheck()?;
     source.close()?;
     if progress_mode == ProgressMode::Json {
-        progress::event(&DoneLine::new(&report));
+        progress::event(&DoneLine::checksum(&report));
     }
     if verbosity >= Verbosity::Normal {
         print_report(&report, &dest);
@@ -139,42 +140,6 @@ struct PlanLine {
     chunk_bytes: u64,
 }
 
-/// The `done` JSON line.
-#[derive(Serialize)]
-struct DoneLine {
-    event: &'static str,
-    ranges: usize,
-    records: u64,
-    data_bytes: u64,
-    zero_bytes: u64,
-    wire_bytes: u64,
-    checked: bool,
-    already_applied_records: u64,
-    already_applied_bytes: u64,
-    compared_bytes: u64,
-    compare_bytes_exchanged: u64,
-    elapsed_s: f64,
-}
-
-impl DoneLine {
-    fn new(r: &ChecksumReport) -> Self {
-        DoneLine {
-            event: "done",
-            ranges: r.differing_ranges,
-            records: r.totals.records,
-            data_bytes: r.totals.data_bytes,
-            zero_bytes: r.totals.zero_bytes,
-            wire_bytes: r.totals.wire_bytes,
-            checked: true,
-            already_applied_records: 0,
-            already_applied_bytes: 0,
-            compared_bytes: r.compared_bytes,
-            compare_bytes_exchanged: r.traffic.sent + r.traffic.received,
-            elapsed_s: r.elapsed.as_secs_f64(),
-        }
-    }
-}
-
 fn print_report(r: &ChecksumReport, dest: &str) {
     let secs = r.elapsed.as_secs_f64().max(1e-6);
     let differing = r.totals.data_bytes + r.totals.zero_bytes;
@@ -187,10 +152,6 @@ fn print_report(r: &ChecksumReport, dest: &str) {
         r.differing_ranges,
         HumanBytes(differing),
         HumanBytes(r.totals.wire_bytes),
-        if r.compared_bytes > 0 {
-            differing as f64 * 100.0 / r.compared_bytes as f64
-        } else {
-            0.0
-        },
+        percent(differing, r.compared_bytes),
     );
 }

@@ -162,7 +162,7 @@ pub(super) fn print_dry_run(
     Ok(())
 }
 
-fn percent(part: u64, whole: u64) -> f64 {
+pub(super) fn percent(part: u64, whole: u64) -> f64 {
     if whole > 0 {
         part as f64 * 100.0 / whole as f64
     } else {
@@ -226,6 +226,11 @@ pub(super) struct DoneLine {
     checked: bool,
     already_applied_records: u64,
     already_applied_bytes: u64,
+    /// A checksum sync's: bytes compared on each side, and exchanged to compare them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compared_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compare_bytes_exchanged: Option<u64>,
     elapsed_s: f64,
 }
 
@@ -246,7 +251,27 @@ impl DoneLine {
             checked: false,
             already_applied_records: 0,
             already_applied_bytes: 0,
+            compared_bytes: None,
+            compare_bytes_exchanged: None,
             elapsed_s: elapsed.as_secs_f64(),
+        }
+    }
+
+    /// For a checksum sync: what was sent follows the comparison, which checked DEST.
+    pub(super) fn checksum(r: &crate::checksum::ChecksumReport) -> Self {
+        DoneLine {
+            event: "done",
+            ranges: r.differing_ranges,
+            records: r.totals.records,
+            data_bytes: r.totals.data_bytes,
+            zero_bytes: r.totals.zero_bytes,
+            wire_bytes: r.totals.wire_bytes,
+            checked: true,
+            already_applied_records: 0,
+            already_applied_bytes: 0,
+            compared_bytes: Some(r.compared_bytes),
+            compare_bytes_exchanged: Some(r.traffic.sent + r.traffic.received),
+            elapsed_s: r.elapsed.as_secs_f64(),
         }
     }
 
@@ -261,6 +286,8 @@ impl DoneLine {
             checked: r.checked,
             already_applied_records: r.already_applied,
             already_applied_bytes: r.already_applied_bytes,
+            compared_bytes: None,
+            compare_bytes_exchanged: None,
             elapsed_s: r.elapsed.as_secs_f64(),
         }
     }

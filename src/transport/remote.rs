@@ -107,6 +107,23 @@ pub fn shell_command(rsh: &str, host: &str, words: Vec<String>) -> Result<Vec<Os
     Ok(argv)
 }
 
+/// Starts the remote shell command `argv` (from [`shell_command`]) with its standard input,
+/// output and error piped to us.
+pub fn spawn_shell(argv: &[OsString]) -> Result<Child, Error> {
+    Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            Error::io(
+                format!("cannot run remote shell {}", argv[0].to_string_lossy()),
+                e,
+            )
+        })
+}
+
 /// A running remote receiver. Write the stream to [`RemoteApply::input`], then call
 /// [`RemoteApply::finish`]. Dropping it without `finish` kills the remote shell.
 pub struct RemoteApply {
@@ -131,20 +148,7 @@ impl RemoteApply {
         opts: &ReceiverOptions,
         verbosity: Verbosity,
     ) -> Result<Self, Error> {
-        let argv = remote_command(host, dest, opts, verbosity)?;
-        let program = argv[0].clone();
-        let mut child = Command::new(&program)
-            .args(&argv[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                Error::io(
-                    format!("cannot run remote shell {}", program.to_string_lossy()),
-                    e,
-                )
-            })?;
+        let mut child = spawn_shell(&remote_command(host, dest, opts, verbosity)?)?;
         let stdin = child.stdin.take();
         let (done_tx, relays_done) = mpsc::channel();
         let mut relays = 0;

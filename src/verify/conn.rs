@@ -8,7 +8,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,7 +16,9 @@ use std::thread::JoinHandle;
 use super::peer::{next_message, serve, Incoming};
 use super::wire::{Hello, Message, PROTOCOL};
 use crate::error::{Error, Result};
-use crate::transport::remote::{failure_reason, remote_path_word, remote_program, shell_command};
+use crate::transport::remote::{
+    failure_reason, remote_path_word, remote_program, shell_command, spawn_shell,
+};
 
 /// Where DEST is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,19 +176,8 @@ impl Connection {
                 rsh,
                 remote_path,
             } => {
-                let argv = remote_command(host, path, rsh, remote_path, queue_depth)?;
-                let mut child = Command::new(&argv[0])
-                    .args(&argv[1..])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .map_err(|e| {
-                        Error::io(
-                            format!("cannot run remote shell {}", argv[0].to_string_lossy()),
-                            e,
-                        )
-                    })?;
+                let mut child =
+                    spawn_shell(&remote_command(host, path, rsh, remote_path, queue_depth)?)?;
                 let to = child.stdin.take().expect("piped");
                 let from = child.stdout.take().expect("piped");
                 let stderr = child.stderr.take().map(spawn_stderr_capture).transpose()?;

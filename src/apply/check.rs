@@ -7,11 +7,11 @@
 //! the stream was made from, or it was changed since. Suspects are resolved with the digests of
 //! the new contents (asked of the sender on a live session, or read from the stream file): a
 //! range whose blocks all hold old or new contents is written (or skipped when all hold the new
-//! contents); a range with a block that holds neither refuses the whole apply, before anything
-//! is written.
+//! contents, counting blocks whose old and new contents are the same); a range with a block
+//! that holds neither refuses the whole apply, before anything is written.
 //!
-//! Memory: 16 bytes per range, and for each suspect a bitmap of its differing blocks and one
-//! digest, however large the manifest. The destination's contents read here are what a snapback
+//! Memory: 16 bytes per range, and for each suspect a bitmap of its differing blocks and two
+//! digests, however large the manifest. The destination's contents read here are what a snapback
 //! saves, so with `--snapback` the whole rollback is written by this pass, before the first
 //! write to the destination.
 
@@ -62,6 +62,10 @@ struct Suspect {
     differing: Vec<u64>,
     /// BLAKE3 over the destination's digests of the differing blocks, in order.
     digest: [u8; 32],
+    /// BLAKE3 over the snapshot's digests of the other blocks, in order: where the new
+    /// contents are the same (a change tracked in blocks larger than what was written), those
+    /// blocks hold the new contents too.
+    unchanged: [u8; 32],
     /// The first differing block.
     first: u64,
 }
@@ -256,16 +260,16 @@ impl Checker {
         }
         let suspect = &mut self.suspects[s];
         let mut h = blake3::Hasher::new();
-        let mut all = true;
+        let mut unchanged = blake3::Hasher::new();
         for (i, d) in new.iter().enumerate() {
             if differs(&suspect.differing, i) {
                 h.update(d);
             } else {
-                all = false;
+                unchanged.update(d);
             }
         }
         self.entries[entry].state = if *h.finalize().as_bytes() == suspect.digest {
-            if all {
+            if *unchanged.finalize().as_bytes() == suspect.unchanged {
                 State::Applied
             } else {
                 State::Mixed
@@ -297,6 +301,7 @@ fn differs(bits: &[u64], i: usize) -> bool {
 fn compare(e: &manifest::EntryRef<'_>, contents: &[u8], block: u64, entry: usize) -> Found {
     let mut differing = vec![0u64; e.blocks().div_ceil(64)];
     let mut h = blake3::Hasher::new();
+    let mut unchanged = blake3::Hasher::new();
     let mut first = None;
     for (i, data) in contents.chunks(block as usize).enumerate() {
         let d = block_digest(data);
@@ -304,6 +309,8 @@ fn compare(e: &manifest::EntryRef<'_>, contents: &[u8], block: u64, entry: usize
             differing[i / 64] |= 1 << (i % 64);
             h.update(&d);
             first.get_or_insert(i as u64);
+        } else {
+            unchanged.update(&d);
         }
     }
     match first {
@@ -312,6 +319,7 @@ fn compare(e: &manifest::EntryRef<'_>, contents: &[u8], block: u64, entry: usize
             entry,
             differing,
             digest: *h.finalize().as_bytes(),
+            unchanged: *unchanged.finalize().as_bytes(),
             first,
         }),
     }

@@ -291,8 +291,9 @@ pub const GUARANTEES: Section = Section {
         ),
         Block::Text(
             "A format 4 stream opens with a manifest (unless --no-check, or nothing holds the \
-             snapshot's own contents: an inactive thin snapshot, or --thin-metadata without \
-             --base-source): every range it changes, with a digest of the snapshot's contents \
+             snapshot's own contents, as with --thin-metadata without --base-source; an \
+             inactive thin snapshot is read through a read-only device lvmsync makes while it \
+             reads it): every range it changes, with a digest of the snapshot's contents \
              there. Before it writes anything, the receiver reads every one of those ranges of \
              DEST: where DEST holds neither the snapshot's contents nor the new ones, it is not \
              a copy of that snapshot or was changed since, and the whole apply is refused with \

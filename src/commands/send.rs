@@ -61,7 +61,7 @@ pub fn run(config: SendConfig) -> Result<u64> {
         && verbosity >= Verbosity::Normal
     {
         crate::say!(
-            "lvmsync: note: the stream carries no manifest, so the destination is not checked against the snapshot before it is written (nothing here holds the snapshot's own contents: an inactive thin snapshot can be activated with lvchange -ay -K, or --base-source names an image of it)"
+            "lvmsync: note: the stream carries no manifest, so the destination is not checked against the snapshot before it is written (--thin-metadata alone does not hold the snapshot's own contents: --base-source names an image of it)"
         );
     }
     let prior = resolved.prior.as_ref().filter(|_| !no_check);

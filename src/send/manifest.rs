@@ -10,6 +10,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::extent::{Extent, ExtentKind};
 use crate::parallel;
 use crate::source::cow::ExceptionStore;
+use crate::source::thin::guard::ReadOnlyThinDevice;
 use crate::source::PriorSource;
 use crate::stream::manifest::{self, block_digests, BlockDigest, ManifestBuilder, DIGEST_BLOCK};
 use crate::stream::StreamWriter;
@@ -126,30 +127,46 @@ pub fn manifest_payloads(
         Ok(())
     };
     match prior {
-        PriorSource::Device(path) => {
-            let dev = Device::open_read(path)?;
-            let end = pieces.last().map_or(0, Extent::end);
-            if dev.size < end {
-                return Err(Error::Invalid(format!(
-                    "{}: the snapshot's contents are {} bytes but changes reach byte {end}",
-                    path.display(),
-                    dev.size
-                )));
-            }
-            let _ = rustix::fs::fadvise(&dev.file, 0, None, rustix::fs::Advice::Random);
-            digests_in_order(
-                pieces,
-                &|p, buf| read_exactly(&dev, path, "the snapshot", p.offset, buf),
-                &mut each,
-            )?;
-        }
+        PriorSource::Device(path) => device_digests(path, pieces, &mut each)?,
         PriorSource::CowStore(path) => {
             let store = ExceptionStore::open(path)?;
             let chunks = store.snapshot_reader()?;
             digests_in_order(pieces, &|p, buf| chunks.read(p.offset, buf), &mut each)?;
         }
+        PriorSource::InactiveThin {
+            pool,
+            dev_id,
+            bytes,
+        } => {
+            let view = ReadOnlyThinDevice::create(*pool, *dev_id, bytes.div_ceil(512))?;
+            device_digests(view.path(), pieces, &mut each)?;
+            view.remove()?;
+        }
     }
     emit(&builder.finish())
+}
+
+/// The digests of `pieces` as the device or image at `path` holds them.
+fn device_digests(
+    path: &Path,
+    pieces: &[Extent],
+    each: &mut dyn FnMut(&Extent, &[BlockDigest]) -> Result<()>,
+) -> Result<()> {
+    let dev = Device::open_read(path)?;
+    let end = pieces.last().map_or(0, Extent::end);
+    if dev.size < end {
+        return Err(Error::Invalid(format!(
+            "{}: the snapshot's contents are {} bytes but changes reach byte {end}",
+            path.display(),
+            dev.size
+        )));
+    }
+    let _ = rustix::fs::fadvise(&dev.file, 0, None, rustix::fs::Advice::Random);
+    digests_in_order(
+        pieces,
+        &|p, buf| read_exactly(&dev, path, "the snapshot", p.offset, buf),
+        each,
+    )
 }
 
 /// Writes resolution records for the ranges at `offsets` (pieces of the stream, asked about by

@@ -52,4 +52,12 @@ pub enum PriorSource {
     Device(std::path::PathBuf),
     /// A classic exception store: the changed chunks' old contents are the chunks it saved.
     CowStore(std::path::PathBuf),
+    /// A thin snapshot that LVM left inactive (thin snapshots are created with the
+    /// activation-skip flag): thin device `dev_id` of the pool device `pool`, `bytes` long,
+    /// read through a private read-only view made only while the manifest is read.
+    InactiveThin {
+        pool: crate::lvm::DevNum,
+        dev_id: u64,
+        bytes: u64,
+    },
 }

@@ -135,8 +135,8 @@ pub fn resolve(
             check_data_source_size(data.as_ref(), snap.name(), snap.origin_bytes())?;
             flush_origin(snap.origin())?;
             let data_source = Some(data_path.unwrap_or_else(|| snap.origin().to_owned()));
-            // The snapshot's own contents, read for the manifest: the snapshot LV (a thin one
-            // only when active) unless --base-source names an image of it.
+            // The snapshot's own contents, read for the manifest: the snapshot LV (an inactive
+            // thin one through a view of its own) unless --base-source names an image of it.
             let base = base_source.map(Path::to_owned);
             match snap {
                 Snapshot::Classic(s) => Ok(Resolved {
@@ -163,7 +163,14 @@ pub fn resolve(
                             Some(volume(&s.name, &s.snapshot_uuid)),
                         )
                     },
-                    prior: base.or_else(|| s.snapshot.clone()).map(PriorSource::Device),
+                    prior: Some(base.or_else(|| s.snapshot.clone()).map_or(
+                        PriorSource::InactiveThin {
+                            pool: s.pool,
+                            dev_id: s.snap_id,
+                            bytes: s.snapshot_bytes,
+                        },
+                        PriorSource::Device,
+                    )),
                     classic: None,
                 }),
             }

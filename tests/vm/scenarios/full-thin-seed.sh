@@ -5,7 +5,9 @@
 # snapshot is read through lvmsync's own read-only device, gone afterwards (also when lvmsync
 # is killed mid-copy), and LVM's state is unchanged. The copy maps only the source's mapped
 # blocks that hold data (a mapped MiB of zeros and the zero blocks of the pattern are not
-# allocated); onto a thin LV fully written before, the zero ranges unmap the rest.
+# allocated); onto a thin LV fully written before, the zero ranges unmap the rest. The sync
+# of the inactive snapshot carries a manifest (the snapshot read through the same kind of
+# device), so a copy with one changed sector is refused before any write.
 . "$VMTEST_LIB"
 VG=fullthin
 POOL=$VG-pool-tpool
@@ -85,6 +87,32 @@ write_at /dev/$VG/origin $((24 * MiB)) 4096 O3-block384-never-mapped
 write_at /dev/$VG/origin $((4 * MiB + 8192)) 4096 O4-in-the-zeros
 run sync
 run blkdiscard -o $((8 * MiB)) -l $MiB /dev/$VG/origin
+
+step "the stream of the inactive snapshot carries a manifest (read through the private device)"
+lvmsync --stdout $VG/snap > "$TMP/delta.lvmsync" 2> "$TMP/send-err" || fail "send failed: $(cat "$TMP/send-err")"
+grep -q "no manifest" "$TMP/send-err" && fail "the sender sent no manifest: $(cat "$TMP/send-err")"
+save info.txt lvmsync info "$TMP/delta.lvmsync"
+grep -q "^manifest: " "$FILES/info.txt" || fail "info has no manifest line"
+grep -q "^manifest: none" "$FILES/info.txt" && fail "the stream has no manifest"
+check_eq "no lvmsync device left" "$(dmsetup ls | grep -c lvmsync)" 0
+check_eq "the snapshot is still inactive" \
+  "$(lvs --noheadings -o lv_attr $VG/snap | tr -d ' ')" "$snap_attr"
+
+step "a copy with one changed sector is refused before any write; --force overrides"
+printf 'tampered sector' | dd of=/dev/$VG/used bs=512 seek=$(((3 * BLK) / 512)) conv=notrunc,fsync status=none
+before=$(md5sum < /dev/$VG/used)
+expect_error "not a copy of the snapshot" lvmsync $VG/snap /dev/$VG/used
+grep -q "at byte $((3 * BLK)) " "$TMP/err" || fail "the refusal does not name byte $((3 * BLK)): $(cat "$TMP/err")"
+check_eq "refused destination unchanged" "$(md5sum < /dev/$VG/used)" "$before"
+check_eq "no lvmsync device left after the refusal" "$(dmsetup ls | grep -c lvmsync)" 0
+run lvmsync --force $VG/snap /dev/$VG/used
+same_content /dev/$VG/used /dev/$VG/origin
+
+step "lvmsync VG/snap DEST: the checked sync of the snapshot's copy"
 run lvmsync $VG/snap /dev/$VG/dest
 check_eq "no lvmsync device left" "$(dmsetup ls | grep -c lvmsync)" 0
+same_content /dev/$VG/dest /dev/$VG/origin
+run lvmsync $VG/snap /dev/$VG/dest 2> "$TMP/again"
+cat "$TMP/again"
+grep -q "already" "$TMP/again" || fail "the second sync did not find the changes already applied"
 same_content /dev/$VG/dest /dev/$VG/origin

@@ -17,6 +17,9 @@
 //! pieces from SOURCE and writes them, a batch at a time, with many reads in flight
 //! ([`crate::send::write_pieces`]). DEST is written only where both sides have read it already.
 //!
+//! A differing piece that is all zeros in SOURCE (its hash is that of zeros) is sent as a zero
+//! range, not read, so that a thin DEST unmaps it rather than allocating it.
+//!
 //! The end record is written only once the comparison ended well: a comparison that fails
 //! (a dead connection, a read error) leaves the stream without one, and the receiver refuses it.
 
@@ -34,7 +37,7 @@ use crate::send::{write_pieces, Progress, READ_PIECE};
 use crate::stream::{StreamTotals, StreamWriter};
 use crate::verify::conn::Connection;
 use crate::verify::peer::Client;
-use crate::verify::pieces::{piece_count, Range};
+use crate::verify::pieces::{piece_count, piece_hash, Range};
 use crate::verify::read::Reader;
 use crate::verify::wire::{Message, Request};
 use crate::verify::{Target, Traffic};
@@ -89,8 +92,8 @@ pub struct ChecksumReport {
 
 /// What the comparison hands over to the stream.
 enum Found {
-    /// A differing piece, in increasing order.
-    Piece(Range),
+    /// A differing piece, in increasing order: data, or zeros in SOURCE.
+    Piece(Extent),
     /// The comparison ended well: nothing more differs.
     End,
 }
@@ -192,9 +195,20 @@ fn compare(
     let total = piece_count(&ranges, LEAF);
     let incoming = conn.incoming().clone();
     let mut client = Client::new(conn.to(), &incoming, total);
-    client.on_differing(Box::new(|r| {
+    let zero_leaf = piece_hash(&[0; LEAF as usize]);
+    client.on_differing(Box::new(move |p| {
+        let zeros = if p.len == LEAF {
+            p.hash == zero_leaf
+        } else {
+            p.hash == piece_hash(&vec![0; p.len as usize])
+        };
+        let piece = if zeros {
+            Extent::zero(p.offset, p.len)
+        } else {
+            Extent::data(p.offset, p.len)
+        };
         found
-            .send(Found::Piece(r))
+            .send(Found::Piece(piece))
             .map_err(|_| Error::Invalid("checksum: the stream stopped".into()))
     }));
     let mut done = 0u64;
@@ -239,12 +253,16 @@ fn write_found<W: Write>(
         let mut pieces = 0;
         loop {
             match next {
-                Found::Piece(r) => {
+                Found::Piece(p) => {
                     match batch.last_mut() {
-                        Some(last) if last.end() == r.offset && last.len + r.len <= READ_PIECE => {
-                            last.len += r.len;
+                        Some(last)
+                            if last.end() == p.offset
+                                && last.kind == p.kind
+                                && last.len + p.len <= READ_PIECE =>
+                        {
+                            last.len += p.len;
                         }
-                        _ => batch.push(Extent::data(r.offset, r.len)),
+                        _ => batch.push(p),
                     }
                     pieces += 1;
                 }

@@ -158,6 +158,55 @@ fn a_flipped_byte_is_repaired_and_the_stream_holds_its_block_alone() {
     assert!(same(&a, &b));
 }
 
+/// What the zero records of a stream cover, as (offset, length), adjacent records merged.
+fn zero_records(stream: &Path) -> Vec<(u64, u64)> {
+    let mut r = lvmsync::stream::StreamReader::open(std::fs::File::open(stream).unwrap()).unwrap();
+    let mut v = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        if let lvmsync::stream::Record::Zero { offset, len } = rec {
+            match v.last_mut() {
+                Some((o, l)) if *o + *l == offset => *l += len,
+                _ => v.push((offset, len)),
+            }
+        }
+    }
+    v
+}
+
+/// Blocks that are zeros in SOURCE and hold data in DEST are sent as zero ranges (a thin DEST
+/// unmaps them, a file gets holes), not read as data.
+#[test]
+fn blocks_of_zeros_in_the_source_are_sent_as_zero_ranges() {
+    let size = 8 * MIB as u64 + 1000; // the short last block is zeros too
+    let (dir, a, b, _) = pair(size as usize);
+    let zeroed = [
+        (MIB as u64, 64 << 10),
+        (3 * MIB as u64 + 8192, 4096),
+        (8 * MIB as u64, 1000),
+    ];
+    let f = std::fs::OpenOptions::new().write(true).open(&a).unwrap();
+    for &(at, len) in &zeroed {
+        f.write_all_at(&vec![0; len as usize], at).unwrap();
+    }
+    // One block differs without being zeros.
+    flip(&a, &[5 * MIB as u64]);
+    let stream = dir.path().join("s.lvm");
+    let out = Command::new(LVMSYNC)
+        .args(["--checksum", "--stdout", p(&a), p(&b)])
+        .stdout(std::fs::File::create(&stream).unwrap())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_eq!(zero_records(&stream), zeroed.to_vec());
+    assert_eq!(records(&stream), vec![(5 * MIB as u64, 4096)]);
+    let out = lvmsync(&["--checksum", "--progress=json", p(&a), p(&b)]);
+    assert_success(&out);
+    let done = done_line(&out);
+    assert_eq!(done["zero_bytes"], (64 << 10) + 4096 + 1000);
+    assert_eq!(done["data_bytes"], 4096);
+    assert!(same(&a, &b));
+}
+
 #[test]
 fn scattered_differences_compressed_with_a_snapback_that_rolls_back() {
     let size = 16 * MIB as u64;

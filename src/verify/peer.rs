@@ -207,8 +207,9 @@ pub struct Client<'a> {
     on_differing: Option<OnDiffering<'a>>,
 }
 
-/// What a [`Client`] tells of each differing piece; an error stops the comparison.
-pub type OnDiffering<'a> = Box<dyn FnMut(Range) -> Result<()> + 'a>;
+/// What a [`Client`] tells of each differing piece (this side's, with its hash); an error
+/// stops the comparison.
+pub type OnDiffering<'a> = Box<dyn FnMut(&Piece) -> Result<()> + 'a>;
 
 impl<'a> Client<'a> {
     /// A client for `total` pieces.
@@ -298,7 +299,7 @@ impl<'a> Client<'a> {
                     let r = Range::new(p.offset, p.len);
                     push_merged(&mut self.differing, r);
                     if let Some(f) = self.on_differing.as_mut() {
-                        f(r)?;
+                        f(p)?;
                     }
                 }
             }

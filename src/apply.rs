@@ -172,6 +172,16 @@ impl ApplyReport {
                 "{} ranges already held their new contents (an earlier apply of this stream) and were skipped",
                 self.already_applied
             ));
+            // A new snapback saved those ranges as found, new contents: the snapshot's are
+            // only in the snapback of the interrupted apply, if it kept one.
+            if let (Some(_), Some(sb)) = (&self.snapback, &opts.snapback) {
+                notes.push(format!(
+                    "the snapback {} restores {} as this apply found it, with those {} ranges already written: to undo the whole sync, apply it first, then the snapback of the interrupted apply, if it kept one",
+                    sb.display(),
+                    dest.display(),
+                    self.already_applied
+                ));
+            }
         }
         if self.forced > 0 {
             notes.push(format!(

@@ -365,6 +365,66 @@ fn the_snapback_is_whole_before_the_first_write_and_kept_on_resume() {
     assert!(other_case.dest() == other_case.snapshot);
 }
 
+/// A resumed apply that writes a new snapback (the interrupted attempt kept its own elsewhere,
+/// or none) cannot save the snapshot's contents of the ranges already applied: its snapback
+/// restores the destination as this run found it. It says so, and which snapback to apply
+/// first; the two, in that order, restore the destination as it was before the sync.
+#[test]
+fn a_second_snapback_of_a_resumed_apply_says_which_to_apply_first() {
+    let case = Case::new(8);
+    let stream_path = case.path("stream");
+    std::fs::write(&stream_path, case.stream()).unwrap();
+    let (first, second) = (case.path("first-sb"), case.path("second-sb"));
+    // The first attempt wrote its snapback, then (as if interrupted) only part of the data.
+    let out = lvmsync()
+        .args(["--apply", p(&stream_path), p(&case.path("dest")), "-b"])
+        .arg(&first)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let half = case.half_applied(2);
+    case.set_dest(&half);
+    let out = lvmsync()
+        .args(["--apply", p(&stream_path), p(&case.path("dest")), "-b"])
+        .arg(&second)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(case.dest() == case.origin);
+    let note = err
+        .lines()
+        .find(|l| l.contains(p(&second)))
+        .unwrap_or_else(|| panic!("no line names the new snapback: {err}"));
+    assert!(
+        note.contains("2 ranges") && note.contains("apply it first"),
+        "{note}"
+    );
+    // Alone it restores the destination as this run found it, not as it was before the sync.
+    let out = lvmsync()
+        .args(["--apply", p(&second), p(&case.path("dest"))])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(case.dest() == half);
+    let out = lvmsync()
+        .args(["--apply", p(&first), p(&case.path("dest"))])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(case.dest() == case.snapshot);
+    // No note when nothing was found applied.
+    let third = case.path("third-sb");
+    let out = lvmsync()
+        .args(["--apply", p(&stream_path), p(&case.path("dest")), "-b"])
+        .arg(&third)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("apply it first"), "{err}");
+}
+
 #[test]
 fn a_local_sync_resumes_without_sending_what_arrived() {
     use lvmsync::transport::{Destination, ReceiverOptions, SendTarget};

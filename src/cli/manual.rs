@@ -310,7 +310,10 @@ pub const GUARANTEES: Section = Section {
              written: lvmsync --apply SNAPBACK DEST restores every range it recorded and exits \
              0, saying \"snapback ends at byte N without an end record (the apply that wrote it \
              was interrupted); every recorded range restored\" when the crash cut it short. Roll \
-             back several syncs by applying their snapbacks newest first.",
+             back several syncs by applying their snapbacks newest first. An interrupted apply \
+             run again with the same snapback file keeps it (it restores DEST as it was before \
+             the first attempt); with another file, the ranges already written are saved as \
+             found, and lvmsync says to apply that snapback first, then the first attempt's.",
         ),
         Block::Text(
             "A snapback is created with mode 0600 (or stricter, as DEST), and refused if it \

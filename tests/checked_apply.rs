@@ -544,3 +544,110 @@ fn base_source_replaces_the_stores_own_contents() {
         }
     }
 }
+
+/// Thin-pool metadata lists the changed blocks but holds no data: with `--base-source` (an
+/// image of the snapshot) the stream has a manifest and the destination is checked against that
+/// image; without it, the stream has none and says so.
+#[test]
+fn thin_metadata_with_base_source_is_checked() {
+    const VOLUME: usize = 128 << 20; // thin1 in the captured pool
+    let dir = tempfile::tempdir().unwrap();
+    let meta = common::gunzip(&common::captured("thin/tmeta.img.gz"), dir.path());
+    let base = dir.path().join("base");
+    let origin = dir.path().join("origin");
+    std::fs::write(&base, common::pattern(VOLUME, 21)).unwrap();
+    std::fs::write(&origin, common::pattern(VOLUME, 22)).unwrap();
+    let source = [
+        "--thin-metadata",
+        p(&meta),
+        "--thin-ids",
+        "2:1",
+        "--data-source",
+        p(&origin),
+    ];
+    // The destination after the sync: the base, with the origin's contents of the changes.
+    let changes = lvmsync().arg("changes").args(source).output().unwrap();
+    common::assert_success(&changes);
+    let (base_bytes, origin_bytes) = (
+        std::fs::read(&base).unwrap(),
+        std::fs::read(&origin).unwrap(),
+    );
+    let mut expected = base_bytes.clone();
+    let mut first_range = None;
+    for line in String::from_utf8(changes.stdout).unwrap().lines() {
+        let w: Vec<u64> = line
+            .split(' ')
+            .take(2)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let r = w[0] as usize..(w[0] + w[1]) as usize;
+        expected[r.clone()].copy_from_slice(&origin_bytes[r]);
+        first_range.get_or_insert(w[0]);
+    }
+    let first_range = first_range.expect("the captured pool lists changes") as usize;
+
+    let without = lvmsync().args(source).arg("--stdout").output().unwrap();
+    common::assert_success(&without);
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("--base-source"),
+        "the missing check is not explained"
+    );
+    let with = lvmsync()
+        .args(source)
+        .args(["--base-source", p(&base), "--stdout"])
+        .output()
+        .unwrap();
+    common::assert_success(&with);
+    for (stream, manifest) in [(&without.stdout, false), (&with.stdout, true)] {
+        let path = dir.path().join("stream");
+        std::fs::write(&path, stream).unwrap();
+        let info = lvmsync()
+            .args(["info", "--json", p(&path)])
+            .output()
+            .unwrap();
+        common::assert_success(&info);
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(info["identity"]["thin_ids"], serde_json::json!([2, 1]));
+        assert_eq!(info["manifest_records"].as_u64().unwrap() > 0, manifest);
+    }
+    let stream = dir.path().join("stream");
+    std::fs::write(&stream, &with.stdout).unwrap();
+
+    // One sector inside the first changed range differs from the base: refused, untouched.
+    let dest = dir.path().join("dest");
+    let mut tampered = base_bytes.clone();
+    tampered[first_range + 512..first_range + 1024].fill(0xAB);
+    std::fs::write(&dest, &tampered).unwrap();
+    let out = lvmsync()
+        .args(["--apply", p(&stream), p(&dest)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not a copy of the snapshot")
+            && err.contains(&format!("at byte {first_range} ")),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&dest).unwrap() == tampered,
+        "the destination was written"
+    );
+
+    // The base's copy is synced, over a live sync as through the stream file.
+    common::copy(&base, &dest);
+    let out = lvmsync()
+        .args(["--apply", p(&stream), p(&dest)])
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    assert!(std::fs::read(&dest).unwrap() == expected);
+    common::copy(&base, &dest);
+    let out = lvmsync()
+        .args(source)
+        .args(["--base-source", p(&base), p(&dest)])
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    assert!(std::fs::read(&dest).unwrap() == expected);
+}

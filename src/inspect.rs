@@ -351,12 +351,15 @@ fn describe_identity(id: &StreamIdentity) -> String {
     }
 }
 
+/// What `info` says of a format 3 stream: it has none of format 4's safeguards.
+const FORMAT3_LINE: &str = "format 3: no checksums, no identity, no manifest (the destination is not checked before it is written)";
+
 impl Inspection {
     /// The inspection as lines of text, for people.
     pub fn describe(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.format == 3 {
-            out.push("format 3: no checksums, no identity".to_string());
+            out.push(FORMAT3_LINE.to_string());
         } else {
             let mut flags = vec![if self.compressed {
                 "compressed"
@@ -375,7 +378,9 @@ impl Inspection {
                 out.push(format!("volume: {}; chunk size {}", bytes(v), bytes(c)));
             }
             out.push(match (self.manifest_records, self.block_bytes) {
-                (0, _) | (_, None) => "manifest: none".into(),
+                (0, _) | (_, None) => {
+                    "manifest: none (the destination is not checked before it is written)".into()
+                }
                 (n, Some(block)) => format!(
                     "manifest: {}, {}, {} of {}",
                     count(n, "record"),

@@ -205,7 +205,10 @@ fn compressed_and_format_3_dumps() {
     let v3 = f.dump("v3", &["--format", "3"]);
     let t = text(&v3);
     let lines: Vec<&str> = t.lines().collect();
-    assert_eq!(lines[0], "format 3: no checksums, no identity");
+    assert_eq!(
+        lines[0],
+        "format 3: no checksums, no identity, no manifest (the destination is not checked before it is written)"
+    );
     assert!(t.contains("parses to the end"), "{t}");
     let v = json(&v3);
     assert_eq!(v["format"], 3);

@@ -1,5 +1,6 @@
 # Live classic snapshot through a stream file: `--stdout` then `--apply`, in format 4 (default)
-# and format 3 (the Ruby lvmsync PROTO[3] stream).
+# and format 3 (the Ruby lvmsync PROTO[3] stream); the format 4 stream's identity names both
+# volumes with their LVM UUIDs.
 . "$VMTEST_LIB"
 VG=streamvg
 SEED=5
@@ -17,6 +18,18 @@ step "format 4 through a file"
 run sh -c "lvmsync --stdout /dev/$VG/snap > $TMP/changes4"
 run lvmsync --apply $TMP/changes4 /dev/$VG/copy4
 same_content /dev/$VG/copy4 /dev/$VG/origin
+
+step "the format 4 stream's identity: both volumes by name and LVM UUID, the chunk size"
+save info4.json lvmsync info --json $TMP/changes4
+for lv in origin snap; do
+  uuid=$(lvs --noheadings -o lv_uuid $VG/$lv | tr -d ' ')
+  [ -n "$uuid" ] || fail "no UUID for $VG/$lv"
+  grep -q "\"name\":\"$VG/$lv\",\"uuid\":\"$uuid\"" "$FILES/info4.json" ||
+    fail "the identity does not name $VG/$lv with its UUID $uuid: $(cat "$FILES/info4.json")"
+done
+grep -q '"kind":"classic"' "$FILES/info4.json" || fail "not a classic stream's identity"
+grep -q '"chunk_bytes":8192,' "$FILES/info4.json" || fail "the chunk size is not the snapshot's"
+grep -q '"manifest_entries":[1-9]' "$FILES/info4.json" || fail "no manifest"
 
 step "format 3 through a pipe-less file, then applied"
 run sh -c "lvmsync --format 3 --stdout /dev/$VG/snap > $TMP/changes3"

@@ -334,3 +334,62 @@ fn what_full_cannot_copy_is_refused() {
         "{stderr}"
     );
 }
+
+/// On a terminal a first copy shows a bar with the bytes copied of the whole, the rate and the
+/// time left (which it clears at the end, leaving the summary); elsewhere, only the summary.
+#[test]
+fn progress_on_a_terminal_shows_the_rate_and_the_time_left() {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    full_image(&src, 64 * MIB as usize, 7);
+    let dest = dir.path().join("dest.img");
+    empty_dest(&dest, 64 * MIB);
+
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let terminal_path = ptsname(&master, Vec::new()).unwrap();
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(terminal_path.to_str().unwrap())
+        .unwrap();
+    let mut child = Command::new(LVMSYNC)
+        .args(["--full", s(&src), s(&dest)])
+        .stdout(Stdio::null())
+        .stderr(terminal)
+        .spawn()
+        .unwrap();
+    // Read until the terminal's last holder (lvmsync) is gone: then reads fail with EIO.
+    let mut master = std::fs::File::from(master);
+    let mut shown = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        shown.extend_from_slice(&buf[..n]);
+    }
+    assert!(child.wait().unwrap().success());
+    let shown = String::from_utf8_lossy(&shown);
+    assert!(common::same(&src, &dest));
+    assert!(
+        shown.contains("/64.00 MiB "),
+        "no bytes of the whole: {shown:?}"
+    );
+    assert!(
+        shown.contains("/s eta "),
+        "no rate and time left: {shown:?}"
+    );
+    assert!(shown.contains("lvmsync: copied 64.00 MiB in "), "{shown:?}");
+
+    let out = lvmsync(&["--full", s(&src), s(&dest)]);
+    common::assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("eta"),
+        "a bar where no terminal is: {stderr}"
+    );
+}

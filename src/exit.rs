@@ -1,6 +1,8 @@
 //! lvmsync's exit statuses: one table ([`Exit::TABLE`]), given by `--help` and the man page and
-//! copied into the README (a test keeps the copy equal). `main.rs` and the thin guard's signal
-//! handler exit with [`Exit::code`], so that no other status can appear.
+//! copied into the README (a test keeps the copy equal). `main.rs`, the thin guard's signal
+//! handler and `lvmsync replicate`'s test stop exit with [`Exit::code`], so that no other status
+//! can appear. The one status outside the table, [`Exit::StoppedForTest`], needs a variable
+//! that only tests set.
 
 /// How lvmsync ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +19,9 @@ pub enum Exit {
     NotCompared,
     /// Ended by this signal (caught to give back what a thin pool holds for lvmsync first).
     Signal(i32),
+    /// `lvmsync replicate` stopped after a step by `LVMSYNC_TEST_STOP_AFTER`, as a crash there
+    /// would: for the tests of its recovery alone, so not in the table.
+    StoppedForTest,
 }
 
 impl Exit {
@@ -61,6 +66,7 @@ impl Exit {
             Exit::Differ => 1,
             Exit::NotCompared => 3,
             Exit::Signal(n) => 128 + n,
+            Exit::StoppedForTest => 99,
         }
     }
 }
@@ -88,5 +94,9 @@ mod tests {
         assert_eq!(Exit::Signal(libc::SIGTERM).code(), 143);
         // Differing is a failure of what verify was asked to show: the same status.
         assert_eq!(Exit::Differ.code(), Exit::Failed.code());
+        // The test stop is told from every documented status, a signal's included.
+        let stop = Exit::StoppedForTest.code();
+        assert_eq!(stop, 99, "the VM scenarios expect 99");
+        assert!(!table.contains(&stop.to_string().as_str()) && stop < 128);
     }
 }

@@ -31,11 +31,9 @@ use crate::lvm::manage::{LvInfo, Manage};
 use crate::msg::Verbosity;
 
 /// The environment variable that stops a run after a step (`snapshot`, `send`, `retire`,
-/// `retag`), as a crash there would: for tests of the recovery.
+/// `retag`), as a crash there would: for tests of the recovery. The run then exits with
+/// [`crate::exit::Exit::StoppedForTest`].
 pub const STOP_ENV: &str = "LVMSYNC_TEST_STOP_AFTER";
-
-/// The exit status of a run stopped by [`STOP_ENV`]; no other run exits with it.
-pub const STOPPED_STATUS: u8 = 99;
 
 /// Where the per-LV locks live.
 pub const LOCK_DIR: &str = "/run/lock/lvmsync";

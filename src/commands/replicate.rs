@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::cli::{ProgressMode, ReplicateConfig, SendConfig};
 use crate::error::{Error, IoContext, Named, Result, STDOUT_WRITE};
+use crate::exit::Exit;
 use crate::lvm::manage::SystemLvm;
 use crate::msg::Verbosity;
 use crate::progress;
@@ -21,8 +22,7 @@ use crate::replicate::converge::{
     self, ConvergePlan, Converged, Event, HookEnv, HookStatus, PassResult,
 };
 use crate::replicate::{
-    self, origin_lv, LvLock, Outcome, Request, Role, Step, Transfer, LOCK_DIR, STOPPED_STATUS,
-    STOP_ENV,
+    self, origin_lv, LvLock, Outcome, Request, Role, Step, Transfer, LOCK_DIR, STOP_ENV,
 };
 use crate::source::ChangeSourceSpec;
 use crate::transport::SendTarget;
@@ -84,7 +84,7 @@ pub fn run(config: ReplicateConfig) -> Result<()> {
             "lvmsync: stopped after step {} ({STOP_ENV}), as a crash there would",
             step.name()
         );
-        std::process::exit(STOPPED_STATUS.into());
+        std::process::exit(Exit::StoppedForTest.code());
     };
     let Some(plan) = &config.converge else {
         return match replicate::replicate(&lvm, &request, &mut send, &stop)? {

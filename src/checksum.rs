@@ -32,7 +32,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 
 use crate::blockdev::Device;
 use crate::error::{Error, Result};
-use crate::extent::Extent;
+use crate::extent::{Extent, ExtentKind};
 use crate::send::{write_pieces, Progress, READ_PIECE};
 use crate::stream::{StreamTotals, StreamWriter};
 use crate::verify::conn::Connection;
@@ -277,6 +277,12 @@ fn write_found<W: Write>(
                 Err(TryRecvError::Disconnected) => return Ok(false),
             };
         }
+        // A run of zeros at the batch's end may go on in the next one: held back, it stays one
+        // record, which a thin DEST can unmap whole rather than in pieces cut at batch ends.
+        let held = match batch.last() {
+            Some(last) if !ended && last.kind == ExtentKind::Zero => batch.pop(),
+            _ => None,
+        };
         write_pieces(
             writer,
             data,
@@ -287,6 +293,7 @@ fn write_found<W: Write>(
             |_| {},
         )?;
         batch.clear();
+        batch.extend(held);
         if ended {
             return Ok(true);
         }

@@ -22,16 +22,21 @@ static RECORD_CLOSED_STDOUT: extern "C" fn() = record_closed_stdout;
 fn main() -> ExitCode {
     let cli = match lvmsync::cli::Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            // clap's own message ends with "For more information, try '--help'.";
-            // --help and --version come this way too, and are no error.
+        Err(e) if e.use_stderr() => {
+            // clap's own message ends with "For more information, try '--help'."
             let _ = e.print();
-            let exit = if e.use_stderr() {
-                Exit::Usage
-            } else {
-                Exit::Success
-            };
-            return exit.into();
+            return Exit::Usage.into();
+        }
+        // --help and --version come this way too: their text is the command's output.
+        Err(e) => {
+            return match print_help(&e) {
+                Ok(()) => Exit::Success,
+                Err(e) => {
+                    lvmsync::say!("lvmsync: {e}");
+                    Exit::Failed
+                }
+            }
+            .into()
         }
     };
     let result = cli.into_config().and_then(|config| {
@@ -54,4 +59,19 @@ fn main() -> ExitCode {
             exit.into()
         }
     }
+}
+
+/// Writes clap's help or version text to standard output: a write error there (or standard
+/// output closed from the start) is a failure like any other output's.
+fn print_help(text: &clap::Error) -> Result<(), lvmsync::Error> {
+    use lvmsync::error::{IoContext, STDOUT_WRITE};
+    use std::io::Write;
+    if STDOUT_CLOSED_AT_START.load(Ordering::Relaxed) {
+        return Err(lvmsync::Error::Invalid("standard output is closed".into()));
+    }
+    // Styled as clap would: colours on a terminal unless NO_COLOR and the like say otherwise.
+    let mut out = anstream::AutoStream::auto(std::io::stdout().lock());
+    write!(out, "{}", text.render().ansi())
+        .and_then(|()| out.flush())
+        .ctx(|| STDOUT_WRITE.into())
 }

@@ -131,6 +131,36 @@ fn a_full_stdout_is_an_error_naming_it() {
     }
 }
 
+/// The help and version texts are output like any other: standard output full or closed is a
+/// failure, not a silent exit 0.
+#[test]
+fn help_and_version_fail_when_stdout_cannot_take_them() {
+    for args in [
+        &["--help"][..],
+        &["-h"],
+        &["--version"],
+        &["help"],
+        &["changes", "--help"],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .stdout(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            )
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        refused(
+            &out,
+            "standard output: cannot write: No space left on device",
+        );
+        refused(&with_closed_stdout(args), "standard output is closed");
+    }
+}
+
 fn fifo(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
     let c = std::ffi::CString::new(p(&path)).unwrap();

@@ -4,6 +4,7 @@
 set -euo pipefail
 pkgs=(
   util-linux                # losetup, blkdiscard: loop-device tests
+  e2fsprogs                 # mkfs.ext4: a file system on a loop device (snapback tests)
   thin-provisioning-tools   # thin_restore / thin_delta: oracle for the thin metadata reader
   dmsetup                   # the thin guard's test runs it when it is not on PATH
   openssh-server openssh-client  # remote sync tests against a real sshd on loopback

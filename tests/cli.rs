@@ -510,3 +510,30 @@ fn closed_stdout_is_an_error() {
         assert!(String::from_utf8_lossy(&res.stderr).contains("closed before"));
     }
 }
+
+/// `-r/--data-source` is described as what it is (where changed data is read from, standing in
+/// for the origin of an offline source), in the help of a send and of `changes`.
+#[test]
+fn data_source_help_says_what_it_is() {
+    for args in [&["--help"][..], &["changes", "--help"]] {
+        let out = run(args);
+        ok(&out);
+        // One line per option: the help wraps differently for each command.
+        let help = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let at = help
+            .find("-r, --data-source <DEV>")
+            .unwrap_or_else(|| panic!("{args:?}: no -r/--data-source in the help"));
+        let text = &help[at..];
+        // Up to the next option.
+        let text = &text[..text.find("--base-source").unwrap_or(text.len())];
+        assert!(
+            text.contains("Read the changed data from DEV instead of the snapshot's origin")
+                && text.contains("stands in for the origin"),
+            "{args:?}: {text}"
+        );
+        assert!(!help.contains("Origin size"), "{args:?}: {help}");
+    }
+}

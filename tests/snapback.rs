@@ -364,3 +364,95 @@ fn snapback_of_zero_records_rolls_back() {
     apply_stream(Cursor::new(&snapback), &dest, &ApplyOptions::default()).unwrap();
     assert!(std::fs::read(&dest).unwrap() == before);
 }
+
+/// A block device as DEST: a snapback path that is another node of the same device (same
+/// st_rdev, another inode), or a file on a file system that lives on DEST, is refused and
+/// nothing is written.
+#[test]
+fn snapback_on_the_destination_device_is_refused() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dir = tempfile::tempdir().unwrap();
+    let size = 8u64 << 20;
+    let backing = dir.path().join("backing");
+    std::fs::write(&backing, vec![0u8; size as usize]).unwrap();
+    let dev = common::LoopDevice::attach(&backing);
+    let input_path = dir.path().join("stream");
+    std::fs::write(
+        &input_path,
+        stream(size, &[Rec::Data(1 << 20, vec![7u8; 4096])], None),
+    )
+    .unwrap();
+
+    let alias = dir.path().join("alias");
+    let rdev = std::fs::metadata(&dev.0).unwrap().rdev();
+    let c = std::ffi::CString::new(p(&alias)).unwrap();
+    // SAFETY: a valid NUL-terminated path; mknod(2) creates a second node of the loop device.
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, rdev) },
+        0,
+        "mknod (the tests run as root)"
+    );
+    refused(
+        &lvmsync()
+            .args([
+                "--apply",
+                p(&input_path),
+                &dev.0,
+                "--snapback",
+                p(&alias),
+                "--force",
+            ])
+            .output()
+            .unwrap(),
+        "the snapback cannot be the destination",
+    );
+    assert!(std::fs::metadata(&alias)
+        .unwrap()
+        .file_type()
+        .is_block_device());
+    assert!(std::fs::read(&backing).unwrap().iter().all(|&b| b == 0));
+
+    // A file system on DEST holding the snapback.
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", &dev.0])
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs) is needed");
+    assert!(made.success());
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([&dev.0, p(&mnt)])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount {}", dev.0);
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    refused(
+        &lvmsync()
+            .args([
+                "--apply",
+                p(&input_path),
+                &dev.0,
+                "--snapback",
+                p(&mnt.join("sb")),
+            ])
+            .output()
+            .unwrap(),
+        "the snapback's file system is on the destination",
+    );
+    assert!(!mnt.join("sb").exists());
+    // (The file system writes to DEST on its own: only the stream's range is checked.)
+    let mut at = vec![0u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(&dev.0).unwrap(),
+        &mut at,
+        1 << 20,
+    )
+    .unwrap();
+    assert!(at != vec![7u8; 4096], "the stream's data reached DEST");
+}

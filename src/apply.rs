@@ -32,7 +32,7 @@
 //! Memory: [`BATCHES`] batches circulate, each holding at most [`BATCH_HELD_BYTES`] (plus one
 //! piece) of new data and saved old contents together; records are cut into pieces of at most
 //! [`PIECE_BYTES`] so that neither a large record nor a large zero range (whose old contents the
-//! snapback must hold) can grow a batch. Tracking a format 3 stream's ranges takes at most
+//! snapback must hold) can grow a batch. Tracking a format 3 stream's ranges takes about
 //! 2 MiB of bitmaps (then temporary files beside the snapback) and
 //! [`MAX_UNALIGNED_RANGES`] ranges not aligned to 512 bytes.
 

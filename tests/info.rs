@@ -479,3 +479,52 @@ fn json_fields_are_documented() {
     keys.sort();
     assert_eq!(keys, documented);
 }
+
+/// A snapback whose records cover a huge volume (hand-made: it claims a volume of 4 EiB) is
+/// verified without a bitmap of its size: with 1 MiB of temporary space, and with a record
+/// over an exabyte.
+#[test]
+fn snapback_of_huge_ranges_needs_no_bitmap_of_their_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", p(&tmp)])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs (the tests run as root)");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&tmp);
+    let opts = WriterOptions {
+        format: Format::V4,
+        source_bytes: 1 << 62,
+        chunk_bytes: 4096,
+        compress: None,
+        snapback: true,
+    };
+    let mut w = StreamWriter::new(Vec::new(), &opts).unwrap();
+    // 1 TiB (8192 pages of the bitmap of 4 KiB units), 1 EiB, and data between them.
+    w.zero((1 << 30) + 4096, 1 << 40).unwrap();
+    w.data(1 << 50, &[5u8; 4096]).unwrap();
+    w.zero(1 << 60, 1 << 60).unwrap();
+    let sb = dir.path().join("sb");
+    std::fs::write(&sb, w.finish().unwrap().0).unwrap();
+    let out = lvmsync()
+        .args(["info", "--json", p(&sb)])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ending"], "verified");
+    assert_eq!(v["zero_bytes"], (1u64 << 40) + (1 << 60));
+}

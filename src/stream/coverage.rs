@@ -10,7 +10,12 @@
 //! of sectors 16 MiB): up to [`MEMORY_PAGES`] pages of each are held in memory (1 MiB; the
 //! units of a change set spread over 32 GiB), beyond that the pages go to an unnamed temporary
 //! file (sparse, at most 1/32768 of the volume for units, gone with the process even after
-//! `kill -9`), read and written one page at a time. The bytes of sectors covered in part, which
+//! `kill -9`), read and written one page at a time. Time and space go with the pages a record
+//! covers in part, not with its length: pages it covers whole are one bit each of a coarser
+//! bitmap of the same kind (a page of it covers 4 TiB; 8 pages of it in memory), and
+//! a search for a set bit visits only the pages that have one (in the file: its data, not its
+//! holes). So a snapback's one record over a petabyte, hand-made or not, costs a few pages.
+//! The bytes of sectors covered in part, which
 //! only hand-made streams have (LVM's chunks and volumes are multiples of 512 bytes), are kept
 //! as merged byte ranges, about 40 bytes each, at most as many as the owner allows.
 
@@ -31,6 +36,8 @@ const PAGE_BYTES: usize = 4096;
 const BITS_PER_PAGE: u64 = PAGE_BYTES as u64 * 8;
 /// Pages of each bitmap held in memory before they go to a temporary file.
 pub const MEMORY_PAGES: usize = 256;
+/// Pages of each coarser bitmap (of pages set whole) held in memory.
+const COARSE_MEMORY_PAGES: usize = 8;
 
 /// Why a range was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +60,18 @@ pub struct Coverage {
     max_unaligned: usize,
 }
 
-/// A bitmap in pages, held in memory up to [`MEMORY_PAGES`] of them, then in a temporary file.
+/// A bitmap in pages, held in memory up to a number of them, then in a temporary file. Only
+/// pages with a bit set exist (in the file: the rest is holes); pages set whole are one bit
+/// each of a coarser bitmap of the same kind instead, so that the cost of a range grows with
+/// the pages it covers in part, not with its length.
 struct PagedBits {
     pages: BTreeMap<u64, Box<[u8]>>,
+    memory_pages: usize,
     spilled: Option<Spilled>,
     /// Where the temporary file is made (`None`: the system's temporary directory).
     dir: Option<PathBuf>,
+    /// The pages set whole: bit N is page N.
+    whole: Option<Box<PagedBits>>,
 }
 
 /// A bitmap in a temporary file, with the one page in use.
@@ -129,8 +142,8 @@ impl Coverage {
     /// are taken.
     pub fn new(dir: Option<&Path>, max_unaligned: usize) -> Self {
         Coverage {
-            units: PagedBits::new(dir),
-            sectors: PagedBits::new(dir),
+            units: PagedBits::new(dir, MEMORY_PAGES),
+            sectors: PagedBits::new(dir, MEMORY_PAGES),
             bytes: BTreeMap::new(),
             max_unaligned,
         }
@@ -243,29 +256,67 @@ impl Coverage {
 }
 
 impl PagedBits {
-    fn new(dir: Option<&Path>) -> Self {
+    fn new(dir: Option<&Path>, memory_pages: usize) -> Self {
         PagedBits {
             pages: BTreeMap::new(),
+            memory_pages,
             spilled: None,
             dir: dir.map(Path::to_owned),
+            whole: None,
         }
     }
 
     /// The first bit set among bits `[first, last)`.
     fn first_set(&mut self, first: u64, last: u64) -> io::Result<Option<u64>> {
+        if first >= last {
+            return Ok(None);
+        }
+        let in_whole = match self.whole.as_mut() {
+            Some(whole) => whole
+                .first_set(first / BITS_PER_PAGE, (last - 1) / BITS_PER_PAGE + 1)?
+                .map(|page_no| first.max(page_no * BITS_PER_PAGE)),
+            None => None,
+        };
+        // Only a bit before that one matters, and only pages that exist can hold it.
+        let last = in_whole.unwrap_or(last);
         let mut bit = first;
         while bit < last {
-            let page_no = bit / BITS_PER_PAGE;
+            let Some(page_no) = self.next_page(bit / BITS_PER_PAGE)? else {
+                break;
+            };
             let base = page_no * BITS_PER_PAGE;
+            if base >= last {
+                break;
+            }
+            let from = bit.max(base);
             let page_end = last.min(base + BITS_PER_PAGE);
             if let Some(page) = self.page(page_no, false)? {
-                if let Some(found) = first_set(page, bit - base, page_end - base) {
+                if let Some(found) = first_set(page, from - base, page_end - base) {
                     return Ok(Some(base + found));
                 }
             }
             bit = page_end;
         }
-        Ok(None)
+        Ok(in_whole)
+    }
+
+    /// The first page from `page_no` on that may have a bit set.
+    fn next_page(&mut self, page_no: u64) -> io::Result<Option<u64>> {
+        let context = self.context();
+        let Some(spilled) = self.spilled.as_mut() else {
+            return Ok(self.pages.range(page_no..).next().map(|(&n, _)| n));
+        };
+        // The file's data is its pages with a bit set; the rest is holes.
+        spilled.write_back().map_err(|e| describe(&context, e))?;
+        let offset = page_no * PAGE_BYTES as u64;
+        Ok(
+            match rustix::fs::seek(&spilled.file, rustix::fs::SeekFrom::Data(offset)) {
+                Ok(data) => Some(data.max(offset) / PAGE_BYTES as u64),
+                Err(rustix::io::Errno::NXIO) => None,
+                // A file system that cannot tell: every page may have one.
+                Err(_) => Some(page_no),
+            },
+        )
     }
 
     /// Sets bits `[first, last)`.
@@ -274,6 +325,12 @@ impl PagedBits {
         while bit < last {
             let page_no = bit / BITS_PER_PAGE;
             let base = page_no * BITS_PER_PAGE;
+            if bit == base && last - base >= BITS_PER_PAGE {
+                let pages = (last - base) / BITS_PER_PAGE;
+                self.whole().set(page_no, page_no + pages)?;
+                bit = base + pages * BITS_PER_PAGE;
+                continue;
+            }
             let page_end = last.min(base + BITS_PER_PAGE);
             let page = self
                 .page(page_no, true)?
@@ -284,12 +341,19 @@ impl PagedBits {
         Ok(())
     }
 
+    /// The bitmap of the pages set whole, made when first needed.
+    fn whole(&mut self) -> &mut PagedBits {
+        let dir = self.dir.clone();
+        self.whole
+            .get_or_insert_with(|| Box::new(PagedBits::new(dir.as_deref(), COARSE_MEMORY_PAGES)))
+    }
+
     /// Page `page_no`: `None` if it has no bit set and `make` is false. With `make`, the page is
     /// made if needed and will be written back.
     fn page(&mut self, page_no: u64, make: bool) -> io::Result<Option<&mut [u8]>> {
         if self.spilled.is_none() {
             if make && !self.pages.contains_key(&page_no) {
-                if self.pages.len() < MEMORY_PAGES {
+                if self.pages.len() < self.memory_pages {
                     self.pages
                         .insert(page_no, vec![0u8; PAGE_BYTES].into_boxed_slice());
                 } else {
@@ -373,9 +437,13 @@ mod tests {
     struct Model(BTreeMap<u64, u64>);
 
     impl Model {
+        /// The first byte of `[offset, offset + len)` that a range holds.
         fn first_overlap(&self, offset: u64, len: u64) -> Option<u64> {
-            (offset..offset + len)
-                .find(|&b| self.0.range(..=b).next_back().is_some_and(|(_, &e)| e > b))
+            self.0
+                .iter()
+                .filter(|&(&start, &end)| start < offset + len && end > offset)
+                .map(|(&start, _)| start.max(offset))
+                .min()
         }
         fn insert(&mut self, offset: u64, len: u64) {
             self.0.insert(offset, offset + len);
@@ -439,6 +507,15 @@ mod tests {
             check(&ranges, dir.path());
         }
 
+        /// Ranges of whole pages and parts of pages (a page of units covers 128 MiB).
+        #[test]
+        fn agrees_with_a_byte_model_across_pages(
+            ranges in proptest::collection::vec((0u64..6 * PAGE_SPAN, 1u64..3 * PAGE_SPAN), 1..40)
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            check(&ranges, dir.path());
+        }
+
         #[test]
         fn agrees_with_a_byte_model_in_sectors(
             ranges in proptest::collection::vec((0u64..48, 1u64..20), 1..40)
@@ -488,6 +565,81 @@ mod tests {
                 at: 7 * step + 3 * UNIT - 1
             })
         );
+    }
+
+    /// Bytes of the volume one page of units covers.
+    const PAGE_SPAN: u64 = BITS_PER_PAGE * UNIT;
+
+    /// Bytes of the bitmap files on disk.
+    fn spilled_bytes(bits: &PagedBits) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        bits.spilled
+            .as_ref()
+            .map_or(0, |s| s.file.metadata().unwrap().blocks() * 512)
+    }
+
+    /// A range over whole pages of the bitmap costs one bit per page in a coarser bitmap, not
+    /// the pages: a hand-made snapback's one record over an exabyte is checked in a moment and
+    /// a few pages, in memory and once the bitmap is in a file; overlaps are found all the same.
+    #[test]
+    fn whole_pages_cost_one_bit_each() {
+        let dir = tempfile::tempdir().unwrap();
+        for spilled in [false, true] {
+            let mut cov = Coverage::new(Some(dir.path()), usize::MAX);
+            if spilled {
+                for i in 0..=MEMORY_PAGES as u64 {
+                    assert_eq!(cov.insert((1 << 55) + i * PAGE_SPAN, UNIT).unwrap(), Ok(()));
+                }
+                assert!(cov.units.spilled.is_some());
+            }
+            let before = (cov.units.pages.len(), spilled_bytes(&cov.units));
+            // 1 TiB (8192 pages of units), from one unit past a page boundary.
+            let (start, len) = (8 * PAGE_SPAN + UNIT, 1 << 40);
+            let end = start + len;
+            assert_eq!(cov.insert(start, len).unwrap(), Ok(()));
+            assert_eq!(cov.units.spilled.is_some(), spilled, "spilled: {spilled}");
+            assert!(
+                cov.units.pages.len() <= before.0 + 2,
+                "{} pages in memory",
+                cov.units.pages.len()
+            );
+            assert!(
+                spilled_bytes(&cov.units) <= before.1 + 2 * PAGE_BYTES as u64,
+                "{} bytes on disk",
+                spilled_bytes(&cov.units)
+            );
+            let overlap = |at| Err(Refusal::Overlap { at });
+            assert_eq!(cov.insert(start - UNIT, UNIT).unwrap(), Ok(()));
+            assert_eq!(cov.insert(start - 1, 2).unwrap(), overlap(start - 1));
+            assert_eq!(
+                cov.insert(start + len / 2 + 3, 1).unwrap(),
+                overlap(start + len / 2 + 3)
+            );
+            assert_eq!(
+                cov.insert(end - UNIT, 2 * UNIT).unwrap(),
+                overlap(end - UNIT)
+            );
+            assert_eq!(cov.insert(end, UNIT).unwrap(), Ok(()));
+            assert_eq!(cov.insert(0, 1 << 50).unwrap(), overlap(start - UNIT));
+            // An exabyte, and overlaps at either end and inside.
+            let (start, len) = (1 << 56, 1 << 60);
+            assert_eq!(cov.insert(start, len).unwrap(), Ok(()));
+            assert_eq!(
+                cov.insert(start + len - 1, 10).unwrap(),
+                overlap(start + len - 1)
+            );
+            assert_eq!(
+                cov.insert(start + (1 << 59) + 7, 1).unwrap(),
+                overlap(start + (1 << 59) + 7)
+            );
+            assert_eq!(cov.insert(start - SECTOR, SECTOR).unwrap(), Ok(()));
+            assert_eq!(
+                cov.insert(start - SECTOR, 2 * SECTOR).unwrap(),
+                overlap(start - SECTOR)
+            );
+            assert!(cov.units.pages.len() <= before.0 + 6);
+            assert!(spilled_bytes(&cov.units) <= before.1 + 8 * PAGE_BYTES as u64);
+        }
     }
 
     #[test]

@@ -427,6 +427,18 @@ impl OfflineSourceArgs {
 }
 
 impl Cli {
+    /// The help that lists the options of the command given: `lvmsync verify --help` for
+    /// `lvmsync verify`, `lvmsync --help` for a sync or an apply.
+    pub fn help_page(&self) -> &'static str {
+        match self.command {
+            None => "lvmsync --help",
+            Some(Command::Changes(_)) => "lvmsync changes --help",
+            Some(Command::Info(_)) => "lvmsync info --help",
+            Some(Command::Verify(_)) => "lvmsync verify --help",
+            Some(Command::Replicate(_)) => "lvmsync replicate --help",
+        }
+    }
+
     /// Turns raw arguments into a validated configuration.
     pub fn into_config(self) -> Result<Config> {
         if let Some(Command::Verify(v)) = self.command {
@@ -717,6 +729,7 @@ fn replicate_config(r: ReplicateArgs) -> Result<Config> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn config(args: &[&str]) -> Result<Config> {
         let mut v = vec!["lvmsync"];
@@ -724,6 +737,27 @@ mod tests {
         Cli::try_parse_from(v)
             .map_err(|e| Error::Usage(e.to_string()))?
             .into_config()
+    }
+
+    #[test]
+    fn a_subcommand_points_to_its_own_help() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["lvmsync"][..], args].concat());
+        let mut named = Vec::new();
+        for args in [
+            &["changes", "/dev/vg/snap"][..],
+            &["info", "f"],
+            &["verify", "a", "b"],
+            &["replicate", "vg/lv", "/dev/x"],
+        ] {
+            let want = format!("lvmsync {} --help", args[0]);
+            assert_eq!(parse(args).unwrap().help_page(), want);
+            named.push(args[0]);
+        }
+        let cli = Cli::command();
+        let subcommands: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+        assert_eq!(named, subcommands);
+        let sync = parse(&["/dev/vg/snap", "/dev/x"]).unwrap();
+        assert_eq!(sync.help_page(), "lvmsync --help");
     }
 
     #[test]

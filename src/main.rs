@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             .into()
         }
     };
+    let help_page = cli.help_page();
     let result = cli.into_config().and_then(|config| {
         if config.writes_stdout() && STDOUT_CLOSED_AT_START.load(Ordering::Relaxed) {
             return Err(lvmsync::Error::Invalid(
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let exit = e.exit();
             if exit == Exit::Usage {
-                lvmsync::say!("lvmsync: {e} (see lvmsync --help)");
+                lvmsync::say!("lvmsync: {e} (see {help_page})");
             } else {
                 lvmsync::say!("lvmsync: {e}");
             }

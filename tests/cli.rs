@@ -314,6 +314,37 @@ fn usage_errors_are_one_line() {
     refused(&run(&["--apply", "x"]), "no destination");
 }
 
+/// A usage error found after parsing points to the help that lists the options of the command
+/// given: a subcommand's own.
+#[test]
+fn usage_errors_point_to_the_help_of_their_command() {
+    for (args, says, help) in [
+        (
+            &["changes"][..],
+            "no snapshot specified",
+            "lvmsync changes --help",
+        ),
+        (
+            &["verify", "a.img"],
+            "no destination",
+            "lvmsync verify --help",
+        ),
+        (
+            &["replicate", "vg/lv"],
+            "no destination",
+            "lvmsync replicate --help",
+        ),
+        (&["--apply", "x"], "no destination", "lvmsync --help"),
+    ] {
+        let out = run(args);
+        refused(&out, says);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let hint = format!("(see {help})");
+        assert!(err.trim_end().ends_with(&hint), "{args:?}: {err}");
+    }
+}
+
 /// Loop devices as the destination (the tests run as root, as the receiver does).
 #[test]
 fn applies_onto_a_loop_device() {

@@ -140,10 +140,11 @@ fn a_usage_error_found_after_parsing_is_2_and_writes_nothing() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("lvmsync: "), "{args:?}: {err}");
-        assert!(
-            err.trim_end().ends_with("(see lvmsync --help)"),
-            "{args:?}: {err}"
-        );
+        let help = match args.first().copied() {
+            Some("changes") => "(see lvmsync changes --help)",
+            _ => "(see lvmsync --help)",
+        };
+        assert!(err.trim_end().ends_with(help), "{args:?}: {err}");
         assert!(out.stdout.is_empty(), "{args:?}");
     }
     assert!(common::same(&dest, &before), "a refused command wrote DEST");

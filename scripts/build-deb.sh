@@ -1,7 +1,8 @@
 #!/bin/bash
 # Builds the Debian package of lvmsync and prints its path (target/debian/*.deb):
-# /usr/sbin/lvmsync, its man page and bash, zsh and fish completions (generated from the command
-# line's definition by examples/man_and_completions.rs into target/assets/), the README, the
+# /usr/sbin/lvmsync, its man pages (lvmsync(8) and one per subcommand, lvmsync-verify(8) ...)
+# and bash, zsh and fish completions (generated from the command line's definition by
+# examples/man_and_completions.rs into target/assets/), the README, the
 # copyright file, and the systemd units of contrib/systemd (lvmsync-replicate@.service and
 # .timer in /usr/lib/systemd/system, neither enabled; their configuration's example in
 # /usr/share/doc/lvmsync/examples). Metadata: [package.metadata.deb] in Cargo.toml; cargo-deb (pinned) is

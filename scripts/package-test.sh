@@ -63,6 +63,10 @@ contents() {
   local want=(
     "-rwxr-xr-x ./usr/sbin/lvmsync"
     "-rw-r--r-- ./usr/share/man/man8/lvmsync.8.gz"
+    "-rw-r--r-- ./usr/share/man/man8/lvmsync-changes.8.gz"
+    "-rw-r--r-- ./usr/share/man/man8/lvmsync-info.8.gz"
+    "-rw-r--r-- ./usr/share/man/man8/lvmsync-verify.8.gz"
+    "-rw-r--r-- ./usr/share/man/man8/lvmsync-replicate.8.gz"
     "-rw-r--r-- ./usr/share/bash-completion/completions/lvmsync"
     "-rw-r--r-- ./usr/share/zsh/vendor-completions/_lvmsync"
     "-rw-r--r-- ./usr/share/fish/vendor_completions.d/lvmsync.fish"
@@ -83,7 +87,7 @@ contents() {
   done
   return $ok
 }
-check "the package holds the binary, man page, completions and docs" contents
+check "the package holds the binary, man pages, completions and docs" contents
 
 control() {
   [[ -f $deb ]] || return 1
@@ -119,17 +123,63 @@ installed_runs() {
 }
 check "the installed lvmsync runs, sends and applies" installed_runs
 
-man_page() {
-  [[ $(man -w lvmsync) == /usr/share/man/man8/lvmsync.8.gz ]] || return 1
-  MANWIDTH=80 man -l --warnings /usr/share/man/man8/lvmsync.8.gz > "$tmp/man.txt" 2> "$tmp/man.err" ||
-    { cat "$tmp/man.err"; return 1; }
-  [[ ! -s $tmp/man.err ]] || { echo "man warns:"; cat "$tmp/man.err"; return 1; }
-  local section
-  for section in SYNOPSIS WORKFLOW OPTIONS "EXIT STATUS" GUARANTEES EXAMPLES; do
-    grep -qx "$section" "$tmp/man.txt" || { echo "man page lacks $section"; return 1; }
-  done
+# The long options that lvmsync's --help lists (standard input), one a line.
+help_options() {
+  grep -oE -- '^(  -[[:alnum:]], |      )--[[:alnum:]-]+' | sed 's/.*--/--/' | sort -u
 }
-check "man renders the installed man page without warnings" man_page
+
+# The long options that the OPTIONS section of a man page as man shows it (standard input)
+# lists, one a line.
+man_options() {
+  awk '/^OPTIONS$/ { o = 1; next } /^[A-Z]/ { o = 0 } o' |
+    grep -oE -- '^       (-[[:alnum:]], )?--[[:alnum:]-]+' | sed 's/.*--/--/' | sort -u
+}
+
+# The subcommands that the installed lvmsync's --help lists, but `help`.
+subcommands() {
+  /usr/sbin/lvmsync --help | awk '/^Commands:$/ { c = 1; next } /^$/ { c = 0 } c' |
+    grep -oE '^  [a-z]+' | tr -d ' ' | grep -vx help
+}
+
+# man_renders PAGE SECTION...: the installed man page PAGE(8) renders without warnings, has
+# each SECTION, and lists every option of its command's --help.
+man_renders() {
+  local page=$1 section
+  shift
+  local file=/usr/share/man/man8/$page.8.gz
+  [[ $(man -w "$page") == "$file" ]] || { echo "man -w $page: $(man -w "$page" 2>&1)"; return 1; }
+  LC_ALL=C MANWIDTH=80 man -l --warnings "$file" > "$tmp/man.txt" 2> "$tmp/man.err" ||
+    { cat "$tmp/man.err"; return 1; }
+  [[ ! -s $tmp/man.err ]] || { echo "man warns on $page:"; cat "$tmp/man.err"; return 1; }
+  for section in "$@"; do
+    grep -qx "$section" "$tmp/man.txt" || { echo "$page(8) lacks $section"; return 1; }
+  done
+  local -a command=(/usr/sbin/lvmsync)
+  [[ $page == lvmsync-* ]] && command+=("${page#lvmsync-}")
+  "${command[@]}" --help | help_options > "$tmp/help.options" || return 1
+  man_options < "$tmp/man.txt" > "$tmp/man.options"
+  grep -qx -- --help "$tmp/help.options" ||
+    { echo "no options found in ${command[*]} --help"; return 1; }
+  if ! cmp -s "$tmp/help.options" "$tmp/man.options"; then
+    echo "$page(8) and ${command[*]} --help list other options (<: --help only, >: man only):"
+    diff "$tmp/help.options" "$tmp/man.options" | grep '^[<>]'
+    return 1
+  fi
+}
+
+man_page() {
+  man_renders lvmsync SYNOPSIS WORKFLOW OPTIONS "EXIT STATUS" GUARANTEES EXAMPLES "SEE ALSO" ||
+    return 1
+  local sub n=0
+  for sub in $(subcommands); do
+    man_renders "lvmsync-$sub" SYNOPSIS DESCRIPTION OPTIONS EXAMPLES "SEE ALSO" || return 1
+    grep -q "lvmsync-$sub(8)" < <(LC_ALL=C MANWIDTH=200 man -l /usr/share/man/man8/lvmsync.8.gz) ||
+      { echo "lvmsync(8) does not refer to lvmsync-$sub(8)"; return 1; }
+    n=$((n + 1))
+  done
+  ((n >= 4)) || { echo "lvmsync --help lists $n subcommands"; return 1; }
+}
+check "man renders each installed man page without warnings, with every option of --help" man_page
 
 units() {
   # An instance of each template unit, as installed (the binary and the man page they name are
@@ -166,7 +216,7 @@ remove_deb() {
   # Nothing left: no dpkg record (not even "config-files"), no file.
   [[ -z $(dpkg_state) ]] || { echo "dpkg still knows lvmsync: $(dpkg_state)"; return 1; }
   local f
-  for f in /usr/sbin/lvmsync /usr/share/man/man8/lvmsync.8.gz \
+  for f in /usr/sbin/lvmsync /usr/share/man/man8/lvmsync*.8.gz \
     /usr/share/bash-completion/completions/lvmsync /usr/share/zsh/vendor-completions/_lvmsync \
     /usr/share/fish/vendor_completions.d/lvmsync.fish /usr/share/doc/lvmsync \
     /usr/lib/systemd/system/lvmsync-replicate@.service \

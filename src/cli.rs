@@ -51,16 +51,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print the changed byte ranges: one "OFFSET LENGTH KIND" line each, in decimal bytes.
+    #[command(after_help = manual::subcommand_help("changes"))]
     Changes(ChangesArgs),
     /// Describe a stream or snapback and verify it whole, without applying it.
+    #[command(after_help = manual::subcommand_help("info"))]
     Info(InfoArgs),
     /// Compare SOURCE with [HOST:]DEST (whole volumes, the ranges a snapshot lists as changed,
     /// or what a stream writes) and print the differing ranges: one "OFFSET LENGTH" line each,
     /// in decimal bytes. Exit status 0: equal, 1: different, 3: could not compare.
-    #[command(override_usage = verify::USAGE)]
+    #[command(override_usage = verify::USAGE, after_help = manual::subcommand_help("verify"))]
     Verify(verify::VerifyArgs),
     /// Keep a copy of VG/LV at DEST current: snapshot, send what changed since the last run,
     /// rotate the snapshots (their state is kept as LVM tags).
+    #[command(after_help = manual::subcommand_help("replicate"))]
     Replicate(ReplicateArgs),
 }
 

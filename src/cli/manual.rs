@@ -33,6 +33,70 @@ pub struct Example {
     pub commands: &'static [&'static str],
 }
 
+/// `lvmsync changes`.
+const CHANGES_FORM: (&str, &str) = (
+    "lvmsync changes [--json] SNAPSHOT",
+    "List the changed byte ranges, one \"OFFSET LENGTH KIND\" line each, in decimal \
+     bytes; KIND is data or zero. With --json, one JSON object with the volume and \
+     chunk sizes, the totals and every range.",
+);
+
+/// `lvmsync info`.
+const INFO_FORM: (&str, &str) = (
+    "lvmsync info FILE|- [--json]",
+    "Describe a stream or snapback (its format, where it comes from, what it holds) \
+     and verify it whole without applying it: exit 0 if it is valid (or a snapback \
+     cut short by a crash, which applies), 1 with the byte where it is damaged or \
+     cut. --json prints one JSON object.",
+);
+
+/// `lvmsync verify`, in short (see [`VERIFY`]).
+const VERIFY_FORM: (&str, &str) = (
+    "lvmsync verify [--changes|--stream FILE] [SOURCE] [HOST:]DEST",
+    "Compare SOURCE with DEST, local or on HOST, and list the ranges where they \
+     differ: see CHECKING THE RESULT.",
+);
+
+/// `lvmsync replicate`.
+const REPLICATE_FORM: (&str, &str) = (
+    "lvmsync replicate [OPTIONS] VG/LV [HOST:]DEST",
+    "Keep DEST a copy of VG/LV, one run per update: the first run snapshots the \
+     volume and sends the whole snapshot; each later run snapshots it again, sends \
+     the changes since the previous run's snapshot (its base) read from the new one, \
+     so DEST is one point in time, then removes the old base. Thin LVs get thin \
+     snapshots; others classic ones of --snapshot-size (default 20% of the LV, at \
+     least 64 MiB, at most the LV), refused if the volume group lacks the room. The \
+     state is kept in LVM, as tags on the snapshots (lvmsync-base:DEST, \
+     lvmsync-pending:DEST, lvmsync-retired:DEST, DEST as spelled, characters LVM does \
+     not allow in tags as =XX), so each DEST has its own base. A run interrupted at \
+     any point is finished by the next one; a classic base that overflowed makes the \
+     next run copy the whole volume, saying so. Runs on one LV never overlap: a \
+     second one is refused (--wait waits for the first). With --converge, rounds \
+     are repeated until one sends at most --until SIZE or takes at most --until \
+     TIME (at most --max-passes, default 10, else the run fails and runs no hook); \
+     then --final-hook runs (sh -c), a last round, --after-hook, and the downtime \
+     is printed, from the start of the final hook to the end of the after hook. \
+     The hooks get LVMSYNC_LV, LVMSYNC_DEST, LVMSYNC_HOOK, LVMSYNC_PASS and (the \
+     after hook) LVMSYNC_BASE. A failing final hook ends the run before the last \
+     round; a failing after hook fails the run, the copy complete.",
+);
+
+/// `lvmsync replicate --status`.
+const REPLICATE_STATUS_FORM: (&str, &str) = (
+    "lvmsync replicate --status VG/LV",
+    "List the destinations of VG/LV: each with its base snapshot, when that was \
+     taken and how full a classic one is, and snapshots an interrupted run left.",
+);
+
+/// What stands in for SNAPSHOT when it is not active.
+const OFFLINE_SOURCES: Block = Block::Text(
+    "Offline change sources stand in for SNAPSHOT in every form, for forensics, tests or \
+     a machine without the snapshot active: --cow FILE, a copy of a classic snapshot's \
+     exception store (its -cow device), or --thin-metadata FILE --thin-ids SNAP:ORIGIN, \
+     a copy of a thin pool's metadata and the device ids of the snapshot and its origin. \
+     To send, --data-source then names the origin to read the data from.",
+);
+
 pub const DESCRIPTION: Section = Section {
     title: "DESCRIPTION",
     blocks: &[
@@ -97,59 +161,13 @@ pub const DESCRIPTION: Section = Section {
                 "Apply a change stream, format 3 or 4 (detected), from FILE or standard input \
                  to DEST. Snapback files are applied the same way.",
             ),
-            (
-                "lvmsync changes [--json] SNAPSHOT",
-                "List the changed byte ranges, one \"OFFSET LENGTH KIND\" line each, in decimal \
-                 bytes; KIND is data or zero. With --json, one JSON object with the volume and \
-                 chunk sizes, the totals and every range.",
-            ),
-            (
-                "lvmsync info FILE|- [--json]",
-                "Describe a stream or snapback (its format, where it comes from, what it holds) \
-                 and verify it whole without applying it: exit 0 if it is valid (or a snapback \
-                 cut short by a crash, which applies), 1 with the byte where it is damaged or \
-                 cut. --json prints one JSON object.",
-            ),
-            (
-                "lvmsync verify [--changes|--stream FILE] [SOURCE] [HOST:]DEST",
-                "Compare SOURCE with DEST, local or on HOST, and list the ranges where they \
-                 differ: see CHECKING THE RESULT.",
-            ),
-            (
-                "lvmsync replicate [OPTIONS] VG/LV [HOST:]DEST",
-                "Keep DEST a copy of VG/LV, one run per update: the first run snapshots the \
-                 volume and sends the whole snapshot; each later run snapshots it again, sends \
-                 the changes since the previous run's snapshot (its base) read from the new one, \
-                 so DEST is one point in time, then removes the old base. Thin LVs get thin \
-                 snapshots; others classic ones of --snapshot-size (default 20% of the LV, at \
-                 least 64 MiB, at most the LV), refused if the volume group lacks the room. The \
-                 state is kept in LVM, as tags on the snapshots (lvmsync-base:DEST, \
-                 lvmsync-pending:DEST, lvmsync-retired:DEST, DEST as spelled, characters LVM does \
-                 not allow in tags as =XX), so each DEST has its own base. A run interrupted at \
-                 any point is finished by the next one; a classic base that overflowed makes the \
-                 next run copy the whole volume, saying so. Runs on one LV never overlap: a \
-                 second one is refused (--wait waits for the first). With --converge, rounds \
-                 are repeated until one sends at most --until SIZE or takes at most --until \
-                 TIME (at most --max-passes, default 10, else the run fails and runs no hook); \
-                 then --final-hook runs (sh -c), a last round, --after-hook, and the downtime \
-                 is printed, from the start of the final hook to the end of the after hook. \
-                 The hooks get LVMSYNC_LV, LVMSYNC_DEST, LVMSYNC_HOOK, LVMSYNC_PASS and (the \
-                 after hook) LVMSYNC_BASE. A failing final hook ends the run before the last \
-                 round; a failing after hook fails the run, the copy complete.",
-            ),
-            (
-                "lvmsync replicate --status VG/LV",
-                "List the destinations of VG/LV: each with its base snapshot, when that was \
-                 taken and how full a classic one is, and snapshots an interrupted run left.",
-            ),
+            CHANGES_FORM,
+            INFO_FORM,
+            VERIFY_FORM,
+            REPLICATE_FORM,
+            REPLICATE_STATUS_FORM,
         ]),
-        Block::Text(
-            "Offline change sources stand in for SNAPSHOT in every form, for forensics, tests or \
-             a machine without the snapshot active: --cow FILE, a copy of a classic snapshot's \
-             exception store (its -cow device), or --thin-metadata FILE --thin-ids SNAP:ORIGIN, \
-             a copy of a thin pool's metadata and the device ids of the snapshot and its origin. \
-             To send, --data-source then names the origin to read the data from.",
-        ),
+        OFFLINE_SOURCES,
     ],
 };
 
@@ -446,12 +464,114 @@ pub const EXAMPLES: &[Example] = &[
 /// How many of [`EXAMPLES`] `--help` shows.
 pub const HELP_EXAMPLES: usize = 4;
 
-pub const SEE_ALSO: Section = Section {
-    title: "SEE ALSO",
-    blocks: &[Block::Text(
-        "lvm(8), lvcreate(8), lvmthin(7), dmsetup(8), thin_delta(8), ssh(1)",
-    )],
+/// The other manual pages of lvmsync(8)'s SEE ALSO, after the pages of its subcommands.
+pub const SEE_ALSO: &str = "lvm(8), lvcreate(8), lvmthin(7), dmsetup(8), thin_delta(8), ssh(1)";
+
+/// A subcommand's own manual: its man page, lvmsync-NAME(8), shows the description and the
+/// examples around clap's synopsis and options; its `--help` shows the examples.
+#[derive(Debug, Clone, Copy)]
+pub struct Subcommand {
+    /// The subcommand, as typed after `lvmsync`.
+    pub name: &'static str,
+    pub description: &'static [Block],
+    pub examples: &'static [Example],
+}
+
+pub const CHANGES: Subcommand = Subcommand {
+    name: "changes",
+    description: &[Block::List(&[CHANGES_FORM]), OFFLINE_SOURCES],
+    examples: &[
+        Example {
+            what: "List the byte ranges written since the snapshot:",
+            commands: &["lvmsync changes /dev/vg/lv-snap"],
+        },
+        Example {
+            what: "The same as one JSON object, with the totals:",
+            commands: &["lvmsync changes --json /dev/vg/lv-snap"],
+        },
+        Example {
+            what: "From a copy of a snapshot's -cow device, or of a thin pool's metadata:",
+            commands: &[
+                "lvmsync changes --cow snap-cow.img",
+                "lvmsync changes --thin-metadata tmeta.img --thin-ids 2:1",
+            ],
+        },
+    ],
 };
+
+pub const INFO: Subcommand = Subcommand {
+    name: "info",
+    description: &[Block::List(&[INFO_FORM])],
+    examples: &[
+        Example {
+            what: "Check a dump before applying it:",
+            commands: &["lvmsync info lv.changes"],
+        },
+        Example {
+            what: "Check a snapback, and print what it holds as JSON:",
+            commands: &["lvmsync info --json /root/lv.snapback"],
+        },
+        Example {
+            what: "Check a stream read from standard input, without keeping it:",
+            commands: &["lvmsync --stdout -z /dev/vg/lv-snap | lvmsync info -"],
+        },
+    ],
+};
+
+pub const VERIFY_COMMAND: Subcommand = Subcommand {
+    name: "verify",
+    description: VERIFY.blocks,
+    examples: &[
+        Example {
+            what: "After a sync, check that B holds the origin's contents of every changed \
+                   range:",
+            commands: &["lvmsync verify --changes /dev/vg/lv-snap B:/dev/vg/lv"],
+        },
+        Example {
+            what: "After a first copy (--full), compare the whole snapshot with the copy on \
+                   host B, in chunks of 64 KiB:",
+            commands: &["lvmsync verify --chunk 64K /dev/vg/lv-snap B:/dev/vg/lv"],
+        },
+        Example {
+            what: "Check that a local copy holds what a dump applied to it wrote, and print a \
+                   JSON report:",
+            commands: &["lvmsync verify --json --stream lv.changes /dev/backup/lv"],
+        },
+    ],
+};
+
+pub const REPLICATE: Subcommand = Subcommand {
+    name: "replicate",
+    description: &[
+        Block::List(&[REPLICATE_FORM, REPLICATE_STATUS_FORM]),
+        Block::Text(
+            "Run it as often as you like, or from the systemd timer lvmsync-replicate@.timer \
+             (see the README).",
+        ),
+    ],
+    examples: &[
+        Example {
+            what: "Keep a copy on host B current (run it again for each update):",
+            commands: &["lvmsync replicate vg/lv B:/dev/vg/lv"],
+        },
+        Example {
+            what: "See its destinations and their base snapshots:",
+            commands: &["lvmsync replicate --status vg/lv"],
+        },
+        Example {
+            what: "Move vg/lv to host B with passes until one sends at most 64 MiB, then stop \
+                   the service, send the rest and start it on B:",
+            commands: &[
+                "lvmsync replicate --converge --until 64M \\",
+                "  --final-hook 'systemctl stop app' \\",
+                "  --after-hook 'ssh B systemctl start app' vg/lv B:/dev/vg/lv",
+            ],
+        },
+    ],
+};
+
+/// Every subcommand's manual.
+pub const SUBCOMMANDS: [Subcommand; 4] = [CHANGES, INFO, VERIFY_COMMAND, REPLICATE];
 
 /// The sections the man page adds after OPTIONS, in order (EXAMPLES is rendered from
 /// [`EXAMPLES`] between GUARANTEES and SEE ALSO).
@@ -483,6 +603,22 @@ pub fn long_help() -> String {
     plain_blocks(&mut out, EXIT_STATUS.blocks);
     out.push('\n');
     out.push_str(MORE);
+    out
+}
+
+/// Text after the options in `lvmsync NAME --help` (and `-h`).
+///
+/// # Panics
+/// If NAME is not in [`SUBCOMMANDS`].
+pub fn subcommand_help(name: &str) -> String {
+    let sub = SUBCOMMANDS
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no manual for the subcommand {name}"));
+    let mut out = String::from("Examples:\n");
+    plain_blocks(&mut out, &[Block::Examples(sub.examples)]);
+    out.push('\n');
+    out.push_str(&format!("More: man 8 lvmsync-{name}, man 8 lvmsync"));
     out
 }
 
@@ -538,7 +674,8 @@ mod tests {
 
     #[test]
     fn help_text_fits_80_columns_and_gives_every_exit_status() {
-        for text in [short_help(), long_help()] {
+        let subcommands = SUBCOMMANDS.iter().map(|s| subcommand_help(s.name));
+        for text in [short_help(), long_help()].into_iter().chain(subcommands) {
             for line in text.lines() {
                 assert!(line.len() <= 80, "too long: {line:?}");
             }
@@ -565,16 +702,149 @@ mod tests {
             EXIT_STATUS,
             GUARANTEES,
         ];
-        let blocks = sections.iter().flat_map(|s| s.blocks.iter());
+        let blocks = sections
+            .iter()
+            .flat_map(|s| s.blocks.iter())
+            .chain(SUBCOMMANDS.iter().flat_map(|s| s.description.iter()));
         let commands = blocks
             .filter_map(|b| match b {
                 Block::Commands(c) => Some(c.iter()),
                 _ => None,
             })
             .flatten()
-            .chain(EXAMPLES.iter().flat_map(|e| e.commands.iter()));
+            .chain(all_examples().flat_map(|e| e.commands.iter()));
         for line in commands {
             assert!(line.len() <= 69, "too long: {line:?}");
+        }
+    }
+
+    /// The examples of lvmsync(8) and of every subcommand's page and help.
+    fn all_examples() -> impl Iterator<Item = &'static Example> {
+        EXAMPLES
+            .iter()
+            .chain(SUBCOMMANDS.iter().flat_map(|s| s.examples.iter()))
+    }
+
+    /// The whole commands of `lines`: a line ending in `\` or `|` goes on in the next one.
+    fn whole_commands(lines: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut command = String::new();
+        for line in lines {
+            let line = line.trim();
+            if let Some(head) = line.strip_suffix('\\') {
+                command.push_str(head);
+                continue;
+            }
+            command.push_str(line);
+            if line.ends_with('|') {
+                command.push(' ');
+                continue;
+            }
+            out.push(std::mem::take(&mut command));
+        }
+        assert!(command.is_empty(), "unfinished command: {command}");
+        out
+    }
+
+    /// The command lines of lvmsync that `command` runs (here, or on another host through
+    /// ssh), each without its redirections.
+    fn lvmsync_runs(command: &str) -> Vec<Vec<String>> {
+        let words = shlex::split(command).unwrap_or_else(|| panic!("bad quoting: {command}"));
+        words
+            .split(|w| ["|", "&&", ";"].contains(&w.as_str()))
+            .filter_map(|words| {
+                let start = match words.first()?.as_str() {
+                    "lvmsync" => 0,
+                    "ssh" => words.iter().position(|w| w == "lvmsync")?,
+                    _ => return None,
+                };
+                let run = words[start..]
+                    .iter()
+                    .take_while(|w| !w.starts_with(['<', '>']))
+                    .cloned()
+                    .collect();
+                Some(run)
+            })
+            .collect()
+    }
+
+    /// Whether lvmsync's own command line accepts `words`, as lvmsync would run them.
+    fn accepted(words: &[String]) -> std::result::Result<(), String> {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(words).map_err(|e| e.to_string())?;
+        cli.into_config().map(drop).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_example_is_a_command_lvmsync_accepts() {
+        let mut commands: Vec<String> = all_examples()
+            .flat_map(|e| {
+                let whole = whole_commands(e.commands);
+                assert!(
+                    whole.iter().any(|c| !lvmsync_runs(c).is_empty()),
+                    "{:?} runs no lvmsync",
+                    e.what
+                );
+                whole
+            })
+            .collect();
+        let sections = [DESCRIPTION, WORKFLOW, VERIFY, GUARANTEES];
+        for block in sections.iter().flat_map(|s| s.blocks.iter()) {
+            if let Block::Commands(lines) = block {
+                commands.extend(whole_commands(lines));
+            }
+        }
+        let runs: Vec<Vec<String>> = commands.iter().flat_map(|c| lvmsync_runs(c)).collect();
+        for run in &runs {
+            if let Err(e) = accepted(run) {
+                panic!(
+                    "{}: {e}",
+                    shlex::try_join(run.iter().map(|w| w.as_str())).unwrap()
+                );
+            }
+        }
+        // Each line counts: a pipeline runs two, a command through ssh one.
+        assert!(runs.len() >= 40, "{}", runs.len());
+        let through_ssh = ["lvmsync", "--apply", "/root/lv.snapback", "/dev/vg/lv"];
+        assert!(runs.contains(&through_ssh.map(String::from).to_vec()));
+        let after_pipe = ["lvmsync", "info", "-"];
+        assert!(runs.contains(&after_pipe.map(String::from).to_vec()));
+        let refused = ["lvmsync", "verify", "--changes"].map(String::from);
+        assert!(accepted(&refused).is_err());
+    }
+
+    #[test]
+    fn every_subcommand_has_examples_of_itself_in_its_help() {
+        use clap::CommandFactory;
+        let cli = crate::cli::Cli::command();
+        let names: Vec<&str> = cli.get_subcommands().map(|c| c.get_name()).collect();
+        assert_eq!(names, SUBCOMMANDS.map(|s| s.name));
+        for sub in SUBCOMMANDS {
+            assert!(sub.examples.len() >= 2, "{}", sub.name);
+            for ex in sub.examples {
+                let runs: Vec<Vec<String>> = whole_commands(ex.commands)
+                    .iter()
+                    .flat_map(|c| lvmsync_runs(c))
+                    .collect();
+                assert!(
+                    runs.iter().any(|r| r.get(1).is_some_and(|w| w == sub.name)),
+                    "{:?} does not run lvmsync {}",
+                    ex.what,
+                    sub.name
+                );
+            }
+            let mut cmd = crate::cli::Cli::command();
+            let cmd = cmd.find_subcommand_mut(sub.name).unwrap();
+            let help = cmd.render_long_help().to_string();
+            let short = cmd.render_help().to_string();
+            for text in [help, short] {
+                assert!(text.contains("\nExamples:\n"), "{text}");
+                for line in sub.examples.iter().flat_map(|e| e.commands.iter()) {
+                    assert!(text.contains(&format!("\n    {line}\n")), "{line}: {text}");
+                }
+                let more = format!("man 8 lvmsync-{}", sub.name);
+                assert!(text.contains(&more), "{text}");
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Tests what lvmsync ships: the Debian package (scripts/build-deb.sh) is built, its contents
-# checked, installed on this machine with apt, used (the binary, `man`, the bash completion)
-# and purged again; the static binary (scripts/build-static.sh) is built, checked to be
+# checked, installed on this machine with apt, used (the binary, `man` on each man page, the
+# bash, zsh and fish completions) and purged again; the static binary (scripts/build-static.sh) is built, checked to be
 # static, and sends and applies a stream. Run as root (scripts/test.sh runs it). Ends with one
 # line "N passed, N failed"; exit status 0 only if every check passed.
 set -uo pipefail
@@ -205,6 +205,44 @@ bash_completion() {
     offers --snap --snapback && offers --no-ch --no-check && offers --se ""'
 }
 check "the bash completion loads and completes" bash_completion
+
+zsh_completion() {
+  local file=/usr/share/zsh/vendor-completions/_lvmsync
+  zsh -n "$file" || return 1
+  # compinit finds it where zsh looks by default; run with stand-ins for zsh's _arguments and
+  # _describe (which need a command line being completed), it defines its functions and
+  # offers every subcommand.
+  zsh -fc 'autoload -U compinit && compinit -u -d "$1/zcompdump" || exit 1
+    [[ $_comps[lvmsync] == _lvmsync ]] || { echo "compinit did not find _lvmsync"; exit 1; }
+    _arguments() { return 1 }
+    _describe() { print -rl -- ${(P)4} }
+    _lvmsync
+    _lvmsync_commands | cut -d: -f1' zsh "$tmp" > "$tmp/zsh.commands" || return 1
+  subcommands | sort > "$tmp/commands"
+  [[ -s $tmp/commands ]] || return 1
+  sort "$tmp/zsh.commands" | grep -vx help | diff - "$tmp/commands"
+}
+check "the zsh completion loads and offers every subcommand" zsh_completion
+
+fish_completion() {
+  local file=/usr/share/fish/vendor_completions.d/lvmsync.fish
+  fish --no-execute "$file" || return 1
+  # A home of its own: fish writes its variables there.
+  mkdir -p "$tmp/fish-home"
+  fish_offers() {
+    local got
+    got=$(HOME=$tmp/fish-home XDG_CONFIG_HOME=$tmp/fish-home XDG_DATA_HOME=$tmp/fish-home \
+      fish -c 'complete -C $argv[1]' "$1" | cut -f1 | tr '\n' ' ')
+    [[ $got == "$2" ]] || { echo "completing \"$1\" offers \"$got\""; return 1; }
+  }
+  # Found where fish looks (it does once lvmsync is on PATH): it offers a subcommand, a
+  # subcommand's options, and none of the hidden ones (--server, --session, verify --serve).
+  fish_offers "lvmsync ver" "verify " &&
+    fish_offers "lvmsync verify --ch" "--changes --chunk " &&
+    fish_offers "lvmsync verify --se" "" &&
+    fish_offers "lvmsync --se" ""
+}
+check "the fish completion parses and completes" fish_completion
 
 remove_deb() {
   if ((was_installed)); then

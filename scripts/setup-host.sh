@@ -11,6 +11,7 @@ pkgs=(
   qemu-system-x86 busybox-static cpio binutils xz-utils  # the real-LVM test VM
   gcc pkg-config            # zstd-sys builds C
   dpkg-dev man-db bash-completion file  # the Debian package: build (dpkg-shlibdeps), man page, completion
+  zsh fish                  # the Debian package: its zsh and fish completions
   musl-tools                # musl-gcc: the static binary's C (zstd, blake3)
   systemd                   # systemd-analyze verify: the units of contrib/systemd
 )

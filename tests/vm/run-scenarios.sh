@@ -28,7 +28,7 @@
 #   VMTEST_SCENARIO_DIR=DIR     where NAME.sh files are (default tests/vm/scenarios)
 #   VMTEST_SHOW=1               stream the scenarios' output to the terminal
 #   VMTEST_TIMEOUT=SECS         whole VM run (default 120 + 150 per scenario it runs)
-#   VMTEST_SCENARIO_TIMEOUT=SECS  one scenario (default 240)
+#   VMTEST_SCENARIO_TIMEOUT=SECS  one scenario (default 420)
 #   VMTEST_CMD_TIMEOUT=SECS     one command inside a scenario (default 120)
 #   VMTEST_JOBS=N               run N VMs at once, the scenarios split between them
 #                               (only worth it with N idle cores; default 1)
@@ -127,7 +127,7 @@ run_one_vm() {
   {
     echo "VMTEST_SCENARIOS='${names[*]}'"
     echo "VMTEST_NSCRATCH=$NSCRATCH"
-    echo "VMTEST_SCENARIO_TIMEOUT=${VMTEST_SCENARIO_TIMEOUT:-240}"
+    echo "VMTEST_SCENARIO_TIMEOUT=${VMTEST_SCENARIO_TIMEOUT:-420}"
     echo "VMTEST_CMD_TIMEOUT=${VMTEST_CMD_TIMEOUT:-120}"
     echo "VMTEST_SHOW=${VMTEST_SHOW:-0}"
   } > "$PAY/vmtest/config"

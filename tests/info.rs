@@ -487,19 +487,7 @@ fn json_fields_are_documented() {
 fn snapback_of_huge_ranges_needs_no_bitmap_of_their_size() {
     let dir = tempfile::tempdir().unwrap();
     let tmp = dir.path().join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", p(&tmp)])
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount tmpfs (the tests run as root)");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&tmp);
+    let _tmpfs = common::Mounted::tmpfs(&tmp, "1m");
     let opts = WriterOptions {
         format: Format::V4,
         source_bytes: 1 << 62,

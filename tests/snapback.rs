@@ -304,19 +304,7 @@ fn snapback_is_private() {
 fn full_snapback_file_system_names_the_file_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs", p(&mnt)])
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount tmpfs (the tests run as root)");
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&mnt);
+    let _tmpfs = common::Mounted::tmpfs(&mnt, "256k");
     let size = 8u64 << 20;
     let before = common::pattern(size as usize, 6);
     let dest = dir.path().join("dest");
@@ -419,19 +407,7 @@ fn snapback_on_the_destination_device_is_refused() {
         .expect("mkfs.ext4 (e2fsprogs) is needed");
     assert!(made.success());
     let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args([&dev.0, p(&mnt)])
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount {}", dev.0);
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&mnt);
+    let _mounted = common::Mounted::device(&dev.0, &mnt);
     refused(
         &lvmsync()
             .args([

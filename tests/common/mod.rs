@@ -215,3 +215,39 @@ impl Drop for LoopDevice {
             .status();
     }
 }
+
+/// A file system mounted on a new directory, unmounted when dropped (the tests run as root).
+pub struct Mounted(pub PathBuf);
+
+impl Mounted {
+    /// A tmpfs of `size` (as `mount -o size=` takes it) on a new directory `dir`: a file
+    /// system that fills up.
+    pub fn tmpfs(dir: &Path, size: &str) -> Mounted {
+        Mounted::mount(
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"],
+            dir,
+        )
+    }
+
+    /// The file system on `device`, on a new directory `dir`.
+    pub fn device(device: &str, dir: &Path) -> Mounted {
+        Mounted::mount(&[device], dir)
+    }
+
+    fn mount(args: &[&str], dir: &Path) -> Mounted {
+        std::fs::create_dir(dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(args)
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount {args:?} {}", dir.display());
+        Mounted(dir.to_owned())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}

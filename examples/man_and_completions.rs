@@ -261,14 +261,18 @@ mod tests {
         String::from_utf8(man_page("2025-01-31").unwrap()).unwrap()
     }
 
+    /// A page's section headings, in order.
+    fn headings(page: &str) -> Vec<&str> {
+        page.lines()
+            .filter_map(|l| l.strip_prefix(".SH "))
+            .map(|h| h.trim_matches('"'))
+            .collect()
+    }
+
     #[test]
     fn man_page_has_every_section_in_order() {
         let page = page();
-        let headings: Vec<&str> = page
-            .lines()
-            .filter_map(|l| l.strip_prefix(".SH "))
-            .map(|h| h.trim_matches('"'))
-            .collect();
+        let headings = headings(&page);
         assert_eq!(
             headings,
             [
@@ -366,11 +370,7 @@ mod tests {
         let main_see_also = main_page.split(".SH \"SEE ALSO\"").nth(1).unwrap();
         for (sub, (name, page)) in cmd.get_subcommands().zip(&pages) {
             let page = String::from_utf8(page.clone()).unwrap();
-            let headings: Vec<&str> = page
-                .lines()
-                .filter_map(|l| l.strip_prefix(".SH "))
-                .map(|h| h.trim_matches('"'))
-                .collect();
+            let headings = headings(&page);
             assert_eq!(
                 headings,
                 [

@@ -628,21 +628,7 @@ mod tests {
                 compress,
                 queue_depth: 8,
             };
-            let send = |dev: &Device| {
-                send_from(
-                    dev,
-                    &path,
-                    &changes,
-                    &pieces,
-                    Vec::new(),
-                    &opts,
-                    &|_| {},
-                    Instant::now(),
-                    StreamExtras::default(),
-                    0,
-                )
-                .unwrap()
-            };
+            let send = |dev: &Device| send_to_vec(dev, &path, &changes, &pieces, &opts, 0);
             let (stream, report) = send(&direct);
             let (through_cache, _) = send(&buffered);
             assert!(
@@ -670,6 +656,31 @@ mod tests {
             }
             assert_eq!(ExtentList::from_extents(covered), changes.extents);
         }
+    }
+
+    /// The stream of `pieces` of `changes` read from `dev` (`path`) through gaps up to `gap`
+    /// bytes, with no identity or manifest.
+    fn send_to_vec(
+        dev: &Device,
+        path: &Path,
+        changes: &ChangeSet,
+        pieces: &[Extent],
+        opts: &SendOptions,
+        gap: u64,
+    ) -> (Vec<u8>, SendReport) {
+        send_from(
+            dev,
+            path,
+            changes,
+            pieces,
+            Vec::new(),
+            opts,
+            &|_| {},
+            Instant::now(),
+            StreamExtras::default(),
+            gap,
+        )
+        .unwrap()
     }
 
     /// Changed ranges at the edges of the volume and of the 1 MiB pieces, scattered 4 KiB
@@ -730,22 +741,8 @@ mod tests {
                 compress,
                 queue_depth: 4,
             };
-            let send = |dev: &Device, gap: u64| {
-                send_from(
-                    dev,
-                    &path,
-                    &changes,
-                    &pieces,
-                    Vec::new(),
-                    &opts,
-                    &|_| {},
-                    Instant::now(),
-                    StreamExtras::default(),
-                    gap,
-                )
-                .unwrap()
-                .0
-            };
+            let send =
+                |dev: &Device, gap: u64| send_to_vec(dev, &path, &changes, &pieces, &opts, gap).0;
             let alone = send(&buffered, 0);
             for dev in [&direct, &buffered] {
                 for gap in [4096, 32 << 10, 64 << 10, READ_PIECE] {

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::sshd::Sshd;
 use common::{assert_success, pattern, same, LoopDevice};
+use lvmsync::extent::ExtentKind;
+use lvmsync::stream::Record;
 
 const LVMSYNC: &str = env!("CARGO_BIN_EXE_lvmsync");
 const MIB: usize = 1 << 20;
@@ -85,21 +87,48 @@ fn info(stream: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// What the data records of a stream cover, as (offset, length), adjacent records merged (the
-/// records follow the comparison's pace), read with lvmsync's own reader.
-fn records(stream: &Path) -> Vec<(u64, u64)> {
+/// The data and zero records of a stream, one by one, as (kind, offset, length), read with
+/// lvmsync's own reader.
+fn records_as_sent(stream: &Path) -> Vec<(ExtentKind, u64, u64)> {
     let mut r = lvmsync::stream::StreamReader::open(std::fs::File::open(stream).unwrap()).unwrap();
     let mut v = Vec::new();
     while let Some(rec) = r.next_record().unwrap() {
-        if let lvmsync::stream::Record::Data { offset, data } = rec {
-            let len = data.len() as u64;
-            match v.last_mut() {
-                Some((o, l)) if *o + *l == offset => *l += len,
-                _ => v.push((offset, len)),
-            }
+        match rec {
+            Record::Data { offset, data } => v.push((ExtentKind::Data, offset, data.len() as u64)),
+            Record::Zero { offset, len } => v.push((ExtentKind::Zero, offset, len)),
+            _ => {}
         }
     }
     v
+}
+
+/// What the records of `kind` of a stream cover, as (offset, length), adjacent records merged
+/// (the records follow the comparison's pace).
+fn covered(stream: &Path, kind: ExtentKind) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = Vec::new();
+    for (_, offset, len) in records_as_sent(stream).into_iter().filter(|r| r.0 == kind) {
+        match v.last_mut() {
+            Some((o, l)) if *o + *l == offset => *l += len,
+            _ => v.push((offset, len)),
+        }
+    }
+    v
+}
+
+/// What the data records of a stream cover.
+fn records(stream: &Path) -> Vec<(u64, u64)> {
+    covered(stream, ExtentKind::Data)
+}
+
+/// `lvmsync --checksum ARGS --stdout SOURCE DEST > STREAM`.
+fn checksum_to_file(args: &[&str], a: &Path, b: &Path, stream: &Path) -> Output {
+    Command::new(LVMSYNC)
+        .arg("--checksum")
+        .args(args)
+        .args(["--stdout", p(a), p(b)])
+        .stdout(std::fs::File::create(stream).unwrap())
+        .output()
+        .unwrap()
 }
 
 /// The 4 KiB blocks holding `offsets`, merged where adjacent, as (offset, length).
@@ -136,11 +165,7 @@ fn a_flipped_byte_is_repaired_and_the_stream_holds_its_block_alone() {
     flip(&b, &[5 * MIB as u64 + 4097]);
     // --stdout: DEST is read, not written; the stream is the block that differs.
     let stream = dir.path().join("s.lvm");
-    let out = Command::new(LVMSYNC)
-        .args(["--checksum", "--stdout", p(&a), p(&b)])
-        .stdout(std::fs::File::create(&stream).unwrap())
-        .output()
-        .unwrap();
+    let out = checksum_to_file(&[], &a, &b, &stream);
     assert_success(&out);
     assert!(!same(&a, &b), "--stdout wrote DEST");
     assert_eq!(records(&stream), vec![(5 * MIB as u64 + 4096, 4096)]);
@@ -156,30 +181,6 @@ fn a_flipped_byte_is_repaired_and_the_stream_holds_its_block_alone() {
     assert_success(&out);
     assert_eq!(done_line(&out)["data_bytes"], 1000);
     assert!(same(&a, &b));
-}
-
-/// What the zero records of a stream cover, as (offset, length), adjacent records merged.
-fn zero_records(stream: &Path) -> Vec<(u64, u64)> {
-    let mut v: Vec<(u64, u64)> = Vec::new();
-    for (offset, len) in zero_records_as_sent(stream) {
-        match v.last_mut() {
-            Some((o, l)) if *o + *l == offset => *l += len,
-            _ => v.push((offset, len)),
-        }
-    }
-    v
-}
-
-/// The zero records of a stream, one by one.
-fn zero_records_as_sent(stream: &Path) -> Vec<(u64, u64)> {
-    let mut r = lvmsync::stream::StreamReader::open(std::fs::File::open(stream).unwrap()).unwrap();
-    let mut v = Vec::new();
-    while let Some(rec) = r.next_record().unwrap() {
-        if let lvmsync::stream::Record::Zero { offset, len } = rec {
-            v.push((offset, len));
-        }
-    }
-    v
 }
 
 /// Blocks that are zeros in SOURCE and hold data in DEST are sent as zero ranges (a thin DEST
@@ -201,16 +202,15 @@ fn blocks_of_zeros_in_the_source_are_sent_as_zero_ranges() {
     // One block differs without being zeros.
     flip(&a, &[7 * MIB as u64 + (512 << 10)]);
     let stream = dir.path().join("s.lvm");
-    let out = Command::new(LVMSYNC)
-        .args(["--checksum", "--stdout", p(&a), p(&b)])
-        .stdout(std::fs::File::create(&stream).unwrap())
-        .output()
-        .unwrap();
+    let out = checksum_to_file(&[], &a, &b, &stream);
     assert_success(&out);
-    assert_eq!(zero_records(&stream), zeroed.to_vec());
+    assert_eq!(covered(&stream, ExtentKind::Zero), zeroed.to_vec());
     // A long run is cut only where records must be (every MiB from its start), not where the
     // comparison's batches happened to end: a thin DEST can unmap its blocks whole.
-    for (offset, len) in zero_records_as_sent(&stream) {
+    for (_, offset, len) in records_as_sent(&stream)
+        .into_iter()
+        .filter(|r| r.0 == ExtentKind::Zero)
+    {
         if (4 * MIB as u64..7 * MIB as u64).contains(&offset) {
             assert_eq!((offset % MIB as u64, len), (0, MIB as u64));
         }
@@ -259,11 +259,7 @@ fn scattered_differences_compressed_with_a_snapback_that_rolls_back() {
     assert_eq!(std::fs::read(&b).unwrap(), before);
     // The compressed stream, as a file, holds just those blocks.
     let stream = dir.path().join("s.lvm");
-    let out = Command::new(LVMSYNC)
-        .args(["--checksum", "-z", "--stdout", p(&a), p(&b)])
-        .stdout(std::fs::File::create(&stream).unwrap())
-        .output()
-        .unwrap();
+    let out = checksum_to_file(&["-z"], &a, &b, &stream);
     assert_success(&out);
     assert_eq!(info(&stream)["compressed"], true);
     assert_eq!(records(&stream), want);
